@@ -1,0 +1,34 @@
+# avemo-edge — every target sets itself up on a fresh machine (apt packages, venv, pip).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+DATA    ?=
+TARGET  ?= x86
+PROFILE ?= x86
+EPOCHS  ?=
+RUN     ?= runs/default
+
+.PHONY: setup demo test distill quantize bench clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml tools/setup.sh
+	VENV=$(VENV) ./tools/setup.sh
+
+demo: setup
+	$(VENV)/bin/avemo-edge run --video edge/assets/demo.mp4 --overlay demo-overlay.mp4
+	@echo "demo: wrote demo-overlay.mp4 (video with face box and labels)"
+
+test: setup
+	$(PY) -m pytest -q
+
+distill: setup
+	$(PY) -m distill.pipeline --out $(RUN) $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS))
+
+quantize: setup
+	$(PY) -m distill.quantize --target $(TARGET) --models edge/models --out out/$(TARGET)
+
+bench: setup
+	$(PY) tools/bench.py --profile $(PROFILE)
+
+clean:
+	rm -rf out demo-overlay.mp4 .pytest_cache

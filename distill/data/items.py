@@ -1,0 +1,80 @@
+"""Corpus items and label spelling: the record every loader returns.
+
+In:  raw label spellings and file paths found by a loader.
+Out: `Item` records (canonical labels from `edge.settings.LABELS`, absolute paths) or one
+`CorpusError` that lists every offending row at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.errors import AvemoError
+from edge.settings import LABEL_ALIASES, LABELS
+
+AUDIO_EXT = (".wav", ".flac", ".mp3", ".ogg")
+IMAGE_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+VIDEO_EXT = (".mp4", ".avi", ".flv", ".mkv", ".mov", ".webm")
+MAX_LISTED = 8
+"""How many offending rows an error message spells out before it says '... and N more'."""
+
+
+class CorpusError(AvemoError):
+    """A corpus folder or labels file is malformed (unknown label, missing file/column)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled (or unlabelled) recording: audio, video, a face image, or a pair."""
+
+    label: str | None
+    """Canonical label (edge.settings.LABELS) or None when unlabeled."""
+    speaker: str
+    """Speaker/actor id; splits are by speaker."""
+    corpus: str
+    """'ravdess', 'cremad', 'enterface', 'fer2013', 'synthetic', or the folder name."""
+    audio: str | None = None
+    video: str | None = None
+    image: str | None = None
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio is not None
+
+    @property
+    def has_visual(self) -> bool:
+        return self.video is not None or self.image is not None
+
+
+def canonical_label(raw: str) -> str | None:
+    """Canonical spelling of `raw`, or None if it is not an emotion label we know.
+
+    'calm' stays 'calm' (it is canonical); only non-canonical spellings are aliased.
+    """
+    name = raw.strip().lower()
+    if name in LABELS:
+        return name
+    return LABEL_ALIASES.get(name)
+
+
+def media_kind(path: str | Path) -> str | None:
+    """'audio', 'image' or 'video' from the file extension, None when unknown."""
+    ext = Path(path).suffix.lower()
+    for kind, exts in (("audio", AUDIO_EXT), ("image", IMAGE_EXT), ("video", VIDEO_EXT)):
+        if ext in exts:
+            return kind
+    return None
+
+
+def raise_if_problems(where: str | Path, problems: list[str], fix: str) -> None:
+    """Raise one CorpusError naming `where` and the first offending rows, if any."""
+    if not problems:
+        return
+    listed = "; ".join(problems[:MAX_LISTED])
+    more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    raise CorpusError(f"{where}: {len(problems)} bad entries: {listed}{more} ({fix})")
+
+
+def missing_files(item: Item) -> list[str]:
+    """Paths an item points at that do not exist."""
+    return [p for p in (item.audio, item.video, item.image) if p is not None and not Path(p).is_file()]

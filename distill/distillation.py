@@ -1,0 +1,275 @@
+"""Student training: class-balanced labels + teacher soft targets + common-space regression.
+
+In:  `Arrays` per split. Audio: x float32 [N, L] zero-padded waveforms (16 kHz) with
+     `lengths` [N]; face: x float32 [N, 1, S, S] gray 0..255 crops. y int64 [N].
+     Optional teacher targets per item: `teacher_logits` [N, C], `teacher_emb` [N, D].
+Out: `fit` -> the student (eval mode) at the epoch with the best validation UAR, and a
+     history list of per-epoch dicts. `predict` -> probabilities [N, C] the way the runtime
+     sees the input (audio: mean over 2.0 s windows hopped by 0.5 s; face: one crop).
+
+Loss = CE(labels, class-balanced weights, label smoothing)
+     + alpha * kd_loss(student logits, teacher logits, T) + beta * MSE(student embedding,
+       teacher HGR embedding)       (the last two only when teacher targets are given).
+Augmentation (train only, per batch, in torch): audio: random 2.0 s crop, speed/pitch change
+by resampling, random gain, a random spectral tilt (first-order EQ), additive white or brown
+noise at a random SNR; face: flip, small rotation/scale/shift, gamma and contrast, then the
+runtime's per-crop standardization.
+
+`main(argv)` is `python -m distill.train students ...` (the stage wiring is in distill/ship.py).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge.metrics import classification_report
+from edge.settings import AUDIO, FACE
+
+WINDOW_S = 2.0
+"""Audio crop and runtime window length (seconds)."""
+EVAL_HOP_S = 0.5
+"""Hop between the 2.0 s windows averaged to score a whole utterance."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Training hyper-parameters (defaults are the ones the shipped models used)."""
+
+    epochs: int = 60
+    batch: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 5e-3
+    label_smoothing: float = 0.05
+    alpha: float = 0.5
+    """Weight of the soft-target (KD) loss."""
+    beta: float = 1.0
+    """Weight of the embedding regression onto the teacher's common space."""
+    temperature: float = 4.0
+    seed: int = 0
+    kd: bool = True
+    """False trains from labels alone (the baseline), even when teacher targets exist."""
+    max_minutes: float = 1e9
+    """Stop after this much wall time (keeps the best epoch so far)."""
+
+
+@dataclass
+class Arrays:
+    """One split, as arrays (module docstring)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    lengths: np.ndarray | None = None
+    teacher_logits: np.ndarray | None = None
+    teacher_emb: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def modality(self) -> str:
+        return "audio" if self.x.ndim == 2 else "face"
+
+
+# ---------------------------------------------------------------- audio batches
+
+def window_samples() -> int:
+    return int(WINDOW_S * AUDIO.sample_rate) // AUDIO.hop * AUDIO.hop
+
+
+def _crop(x: np.ndarray, lengths: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    out = np.zeros((len(x), n), np.float32)
+    for i, (wave, length) in enumerate(zip(x, lengths)):
+        if length >= n:
+            start = rng.integers(0, length - n + 1)
+            out[i] = wave[start:start + n]
+        else:
+            start = rng.integers(0, n - length + 1)
+            out[i, start:start + length] = wave[:length]
+    return out
+
+
+def augment_audio(wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Gain, spectral tilt and additive noise at a random SNR on a batch [B, T]."""
+    b = wave.shape[0]
+    tilt = torch.from_numpy(rng.uniform(-0.6, 0.6, (b, 1)).astype(np.float32))
+    wave = torch.cat([wave[:, :1], wave[:, 1:] + tilt * wave[:, :-1]], dim=1)
+    noise = torch.from_numpy(rng.standard_normal(wave.shape).astype(np.float32))
+    brown = torch.from_numpy(rng.random((b, 1)) < 0.5)
+    noise = torch.where(brown, _brown(noise), noise)
+    snr_db = torch.from_numpy(rng.uniform(5.0, 40.0, (b, 1)).astype(np.float32))
+    use = torch.from_numpy((rng.random((b, 1)) < 0.7).astype(np.float32))
+    power = wave.pow(2).mean(1, keepdim=True) + 1e-8
+    scale = torch.sqrt(power / (noise.pow(2).mean(1, keepdim=True) + 1e-8) / 10 ** (snr_db / 10))
+    wave = wave + use * scale * noise
+    gain = torch.from_numpy((10 ** (rng.uniform(-12, 6, (b, 1)) / 20)).astype(np.float32))
+    return torch.clamp(wave * gain, -1.0, 1.0)
+
+
+def _brown(noise: torch.Tensor) -> torch.Tensor:
+    walk = torch.cumsum(noise, dim=1)
+    return walk - walk.mean(1, keepdim=True)
+
+
+def audio_batch(data: Arrays, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """Random 2.0 s crops, resampled by a random speed factor, then augmented."""
+    n = window_samples()
+    speed = rng.uniform(0.88, 1.12)
+    src = int(round(n * speed))
+    crops = torch.from_numpy(_crop(data.x[idx], data.lengths[idx], src, rng))
+    crops = F.interpolate(crops[:, None], size=n, mode="linear", align_corners=False)[:, 0]
+    return augment_audio(crops, rng)
+
+
+def audio_windows(wave: np.ndarray, length: int) -> np.ndarray:
+    """The 2.0 s windows (hop 0.5 s) covering one utterance, zero-padded if shorter, [W, n]."""
+    n, hop = window_samples(), int(EVAL_HOP_S * AUDIO.sample_rate)
+    if length <= n:
+        out = np.zeros((1, n), np.float32)
+        out[0, :length] = wave[:length]
+        return out
+    starts = list(range(0, length - n + 1, hop))
+    if starts[-1] != length - n:
+        starts.append(length - n)
+    return np.stack([wave[s:s + n] for s in starts]).astype(np.float32)
+
+
+# ---------------------------------------------------------------- face batches
+
+def standardize_faces(x: torch.Tensor) -> torch.Tensor:
+    """The runtime's crop standardization: (x - mean) / max(std, std_floor), per crop."""
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+    return (x - mean) / torch.clamp(std, min=FACE.std_floor)
+
+
+def augment_faces(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Flip, rotation +-12 deg, scale 0.9-1.1, shift +-8 %, gamma and contrast, [B,1,S,S]."""
+    b = x.shape[0]
+    flip = torch.from_numpy(np.where(rng.random(b) < 0.5, -1.0, 1.0).astype(np.float32))
+    ang = torch.from_numpy(np.deg2rad(rng.uniform(-12, 12, b)).astype(np.float32))
+    scale = torch.from_numpy(rng.uniform(0.9, 1.1, b).astype(np.float32))
+    shift = torch.from_numpy(rng.uniform(-0.08, 0.08, (b, 2)).astype(np.float32))
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = torch.cos(ang) / scale * flip
+    theta[:, 0, 1] = -torch.sin(ang) / scale
+    theta[:, 1, 0] = torch.sin(ang) / scale * flip
+    theta[:, 1, 1] = torch.cos(ang) / scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    gamma = torch.from_numpy(rng.uniform(0.7, 1.4, (b, 1, 1, 1)).astype(np.float32))
+    x = 255.0 * (x.clamp(0, 255) / 255.0) ** gamma
+    contrast = torch.from_numpy(rng.uniform(0.7, 1.3, (b, 1, 1, 1)).astype(np.float32))
+    return (x - 128.0) * contrast + 128.0
+
+
+def face_batch(data: Arrays, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    return standardize_faces(augment_faces(torch.from_numpy(data.x[idx]), rng))
+
+
+# ---------------------------------------------------------------- training
+
+def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, mean 1 over the classes present."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    return torch.tensor(w / w[counts > 0].mean(), dtype=torch.float32)
+
+
+def student_loss(logits: torch.Tensor, emb: torch.Tensor, y: torch.Tensor, data: Arrays,
+                 idx: np.ndarray, weights: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
+    """CE + alpha * KD + beta * embedding MSE (module docstring)."""
+    loss = F.cross_entropy(logits, y, weight=weights, label_smoothing=cfg.label_smoothing)
+    if cfg.kd and data.teacher_logits is not None:
+        from distill.losses import kd_loss
+        t_logits = torch.from_numpy(data.teacher_logits[idx])
+        loss = loss + cfg.alpha * kd_loss(logits, t_logits, cfg.temperature)
+    if cfg.kd and data.teacher_emb is not None:
+        loss = loss + cfg.beta * F.mse_loss(emb, torch.from_numpy(data.teacher_emb[idx]))
+    return loss
+
+
+def batcher(data: Arrays) -> Callable[[Arrays, np.ndarray, np.random.Generator], torch.Tensor]:
+    return audio_batch if data.modality == "audio" else face_batch
+
+
+def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
+                sched: torch.optim.lr_scheduler.LRScheduler, cfg: FitConfig,
+                rng: np.random.Generator, weights: torch.Tensor) -> float:
+    model.train()
+    make = batcher(data)
+    order = rng.permutation(len(data))
+    total = 0.0
+    for start in range(0, len(order) - cfg.batch + 1, cfg.batch):
+        idx = np.sort(order[start:start + cfg.batch])
+        logits, emb = model(make(data, idx, rng))
+        loss = student_loss(logits, emb, torch.from_numpy(data.y[idx]), data, idx, weights, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(idx)
+    return total / max(1, len(order))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Arrays, batch: int = 256) -> np.ndarray:
+    """Class probabilities [N, C] (audio: mean over the utterance's 2.0 s windows)."""
+    model.eval()
+    if data.modality == "face":
+        x = torch.from_numpy(data.x)
+        chunks = [torch.softmax(model(standardize_faces(x[i:i + batch]))[0], 1)
+                  for i in range(0, len(x), batch)]
+        return torch.cat(chunks).numpy()
+    probs = []
+    for wave, length in zip(data.x, data.lengths):
+        windows = torch.from_numpy(audio_windows(wave, int(length)))
+        probs.append(torch.softmax(model(windows)[0], 1).mean(0).numpy())
+    return np.stack(probs)
+
+
+def evaluate(model: nn.Module, data: Arrays, labels: list[str]) -> dict:
+    """classification_report on `data` (accuracy, UAR, macro-F1, confusion)."""
+    pred = predict(model, data).argmax(1)
+    return classification_report([labels[i] for i in data.y], [labels[i] for i in pred], labels)
+
+
+def fit(model: nn.Module, train: Arrays, val: Arrays, labels: list[str], cfg: FitConfig,
+        log: Callable[[str], None] = print) -> tuple[nn.Module, list[dict]]:
+    """Train `model` on `train`, keep the epoch with the best UAR on `val` (module docstring)."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    steps = max(1, len(train) // cfg.batch) * cfg.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
+                                                pct_start=0.15)
+    weights = class_weights(train.y, len(labels))
+    best, best_state, history, t0 = -1.0, None, [], time.time()
+    for epoch in range(cfg.epochs):
+        loss = train_epoch(model, train, opt, sched, cfg, rng, weights)
+        report = evaluate(model, val, labels)
+        history.append({"epoch": epoch + 1, "loss": loss, "val_uar": report["uar"],
+                        "val_accuracy": report["accuracy"], "minutes": (time.time() - t0) / 60})
+        log(f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} val UAR {report['uar']:.4f} "
+            f"acc {report['accuracy']:.4f} ({history[-1]['minutes']:.1f} min)")
+        if report["uar"] > best:
+            best, best_state = report["uar"], {k: v.clone() for k, v in model.state_dict().items()}
+        if history[-1]["minutes"] > cfg.max_minutes:
+            log(f"stopping: {cfg.max_minutes} min budget reached")
+            break
+    model.load_state_dict(best_state)
+    return model.eval(), history
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m distill.train students ...`: see distill/ship.py for the stage itself."""
+    from distill.ship import students_main
+    return students_main(argv)
+

@@ -1,0 +1,164 @@
+"""The two students that run on the device, and BatchNorm folding for export.
+
+AudioStudent (Wav2Small-style), <= 100K parameters:
+  In:  waveform float32 [B, T] (16 kHz, T a multiple of hop; the runtime feeds 2.0 s).
+  -> `frontend` (LogMelFrontEnd, fixed weights) -> log-mel [B, F, n_mels]
+  -> per-utterance normalization: (x - mean_t) / sqrt(var_t + eps) per mel band
+  -> 4 x (Conv3x3 + BatchNorm + ReLU [+ MaxPool 2x2]) on the [F, n_mels] image
+  -> global average pool -> `embedding` Linear (D = 32) -> ReLU -> Linear -> logits.
+FaceStudent (MobileNetV2-style, ReLU6 only, no hard-swish, no squeeze-excite), <= 500K:
+  In:  face float32 [B, 1, S, S], S = 48, crop standardized per crop (edge/settings.FACE).
+  -> stem Conv3x3 stride 2 -> inverted residual blocks (1x1 expand, 3x3 depthwise, 1x1 project,
+     Add when shapes match) -> 1x1 Conv -> global average pool -> `embedding` -> logits.
+Both: forward(x) -> (logits [B, n_labels], embedding [B, 32]). `fold_batchnorm(model)`
+returns an eval-mode copy with every BatchNorm merged into the conv before it, so the
+exported graph is Conv/Relu/Clip/MaxPool/Add/GlobalAveragePool/Gemm: integer end to end.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from distill.models.frontend import LogMelFrontEnd
+from edge.settings import AUDIO, AudioFrontEnd
+
+EMBEDDING_DIM = 32
+AUDIO_CHANNELS = (16, 32, 64, 96)
+FACE_BLOCKS = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 3, 2), (4, 64, 3, 2), (4, 96, 2, 1),
+               (4, 128, 1, 2))
+"""Inverted residual stages: (expansion t, out channels c, repeats n, first stride s)."""
+FACE_HEAD = 256
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
+            act: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
+    """Conv (no bias) + BatchNorm [+ activation]; folded to one Conv by fold_batchnorm."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                               nn.BatchNorm2d(cout)]
+    if act is not None:
+        layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class UtteranceNorm(nn.Module):
+    """Per-utterance, per-band standardization of [B, F, M] over the time axis F."""
+
+    def __init__(self, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centered = x - x.mean(dim=1, keepdim=True)
+        return centered / torch.sqrt((centered * centered).mean(dim=1, keepdim=True) + self.eps)
+
+
+class EmbeddingHead(nn.Module):
+    """features [B, C] -> (logits [B, n], embedding [B, D])."""
+
+    def __init__(self, cin: int, n_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.embedding = nn.Linear(cin, EMBEDDING_DIM)
+        self.drop = nn.Dropout(dropout)
+        self.classifier = nn.Linear(EMBEDDING_DIM, n_labels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embedding(x)
+        return self.classifier(self.drop(torch.relu(emb))), emb
+
+
+class AudioStudent(nn.Module):
+    """Raw waveform -> (logits, embedding); log-mel inside the model (module docstring)."""
+
+    def __init__(self, n_labels: int = 8, fe: AudioFrontEnd = AUDIO,
+                 channels: tuple[int, ...] = AUDIO_CHANNELS, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.frontend = LogMelFrontEnd(fe)
+        self.norm = UtteranceNorm()
+        layers: list[nn.Module] = []
+        cin = 1
+        for i, cout in enumerate(channels):
+            layers.append(conv_bn(cin, cout))
+            if i < len(channels) - 1:
+                layers.append(nn.MaxPool2d(2))
+            cin = cout
+        self.body = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = EmbeddingHead(cin, n_labels, dropout)
+
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.norm(self.frontend(wave)).unsqueeze(1)
+        return self.head(self.pool(self.body(x)).flatten(1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand -> 3x3 depthwise -> 1x1 linear project (+ skip)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers = [conv_bn(cin, hidden, 1, act=nn.ReLU6)] if expand != 1 else []
+        layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
+                   conv_bn(hidden, cout, 1, act=None)]
+        self.block = nn.Sequential(*layers)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x) if self.skip else self.block(x)
+
+
+class FaceStudent(nn.Module):
+    """Gray face crop [B, 1, S, S] -> (logits, embedding) (module docstring)."""
+
+    def __init__(self, n_labels: int = 7, blocks: tuple = FACE_BLOCKS, stem: int = 32,
+                 stem_stride: int = 2,
+                 head: int = FACE_HEAD, dropout: float = 0.2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [conv_bn(1, stem, 3, stem_stride, act=nn.ReLU6)]
+        cin = stem
+        for t, c, n, s in blocks:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers.append(conv_bn(cin, head, 1, act=nn.ReLU6))
+        self.body = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = EmbeddingHead(head, n_labels, dropout)
+
+    def forward(self, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.pool(self.body(face)).flatten(1))
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters (front-end buffers are not parameters)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, groups=conv.groups, bias=True)
+    fused.weight.data = conv.weight.data * scale.reshape(-1, 1, 1, 1)
+    bias = conv.bias.data if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.data = (bias - bn.running_mean) * scale + bn.bias
+    return fused
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Eval-mode copy of `model` with each Conv2d+BatchNorm2d pair merged into one Conv2d."""
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Sequential):
+                _fold_sequential(module)
+    return model
+
+
+def _fold_sequential(seq: nn.Sequential) -> None:
+    names = list(seq._modules)
+    for a, b in zip(names, names[1:]):
+        conv, bn = seq._modules[a], seq._modules[b]
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            seq._modules[a] = _fold(conv, bn)
+            seq._modules[b] = nn.Identity()

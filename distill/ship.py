@@ -1,0 +1,239 @@
+"""The shipped models: real corpora -> trained students -> bundles in edge/models/{audio,face}.
+
+In:  --data DIR holding ravdess_speech/, fer2013/train/ and (evaluation only) emodb_2s/
+     (DESIGN.md "Shared data"); optionally --teacher runs/T/teacher.pt for distillation.
+Out: under --out (default runs/ship): `<modality>.pt` (student state dict + config),
+     `<modality>.json` (history, held-out reports); `export` writes the bundles with
+     `distill.export` and the metrics, agreement and provenance in each manifest.
+
+Splits (fixed, never tuned on test):
+  RAVDESS speech: actors 01-16 train, 17-18 validation and calibration, 19-20 test.
+  FER2013 train folder: per class, a fixed random (seed 0) 10 % test, 5 % validation.
+  EmoDB: never trained, tuned or calibrated on; scored on its 6 labels shared with the
+  audio model (boredom dropped; the model's calm is merged into neutral, surprise ignored).
+
+Commands: `python -m distill.ship train --modality audio|face [...]`, `... export`;
+`students_main` is `python -m distill.train students ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill.distillation import Arrays, FitConfig, evaluate, fit, predict
+from distill.models.students import AudioStudent, FaceStudent, count_params
+from edge.metrics import classification_report
+from edge.settings import LABELS
+
+_LOGGER = logging.getLogger(__name__)
+AUDIO_LABELS = list(LABELS)
+FACE_LABELS = ["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise"]
+EMODB_LABELS = ["neutral", "happy", "sad", "angry", "fear", "disgust"]
+VAL_ACTORS = ("Actor_17", "Actor_18")
+TEST_ACTORS = ("Actor_19", "Actor_20")
+FER_TEST, FER_VAL = 0.10, 0.05
+TRIM_DB = 40.0
+"""Leading/trailing hops quieter than peak - TRIM_DB are cut (an offline VAD)."""
+AUDIO_CFG = FitConfig(epochs=100, batch=32, lr=3e-3)
+FACE_CFG = FitConfig(epochs=14, batch=128, lr=4e-3, weight_decay=1e-3)
+
+
+def data_root(arg: str | None) -> Path:
+    """--data, else $AVEMO_DATA, else ../shared/data next to the repository."""
+    default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(arg or os.environ.get("AVEMO_DATA") or default)
+
+
+# ---------------------------------------------------------------- audio data
+
+def trim(wave: np.ndarray, hop: int = 160) -> np.ndarray:
+    """Cut leading/trailing hops more than TRIM_DB below the loudest hop (keeps >= 1 hop)."""
+    n = len(wave) // hop
+    if n < 2:
+        return wave
+    db = 10 * np.log10(np.mean(wave[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
+    active = np.flatnonzero(db > db.max() - TRIM_DB)
+    return wave[max(0, active[0] - 10) * hop: min(n, active[-1] + 11) * hop]
+
+
+def audio_arrays(items: list, labels: list[str], cache: Path) -> Arrays:
+    """Decoded, trimmed, zero-padded waveforms [N, L] with lengths and label indices."""
+    from distill.data.cache import load_waveforms
+    waves = [trim(w) for w in load_waveforms(items, cache_dir=cache)]
+    lengths = np.array([len(w) for w in waves])
+    x = np.zeros((len(waves), lengths.max()), np.float32)
+    for i, w in enumerate(waves):
+        x[i, : len(w)] = w
+    y = np.array([labels.index(it.label) for it in items], np.int64)
+    return Arrays(x=x, y=y, lengths=lengths, meta={"speakers": sorted({it.speaker for it in items})})
+
+
+def ravdess_splits(root: Path, cache: Path) -> dict[str, Arrays]:
+    from distill.data import load_corpus
+    items = load_corpus(root / "ravdess_speech")
+    part = {"train": [], "val": [], "test": []}
+    for it in items:
+        key = "test" if it.speaker in TEST_ACTORS else "val" if it.speaker in VAL_ACTORS else "train"
+        part[key].append(it)
+    return {k: audio_arrays(v, AUDIO_LABELS, cache) for k, v in part.items()}
+
+
+def emodb_arrays(root: Path, cache: Path) -> Arrays:
+    """EmoDB's 6 shared labels, read from its labels.csv (boredom rows dropped)."""
+    from distill.data import Item
+    folder = root / "emodb_2s"
+    with open(folder / "labels.csv", newline="") as f:
+        items = [Item(label=r["label"], speaker=r["speaker"], corpus="emodb", audio=str(folder / r["path"]))
+                 for r in csv.DictReader(f) if r["label"] in EMODB_LABELS]
+    return audio_arrays(items, AUDIO_LABELS, cache)
+
+
+def emodb_report(model: torch.nn.Module, data: Arrays) -> dict:
+    """Scores on EmoDB's 6 labels: calm folded into neutral, surprise never predicted."""
+    probs = predict(model, data)
+    idx = [AUDIO_LABELS.index(k) for k in EMODB_LABELS]
+    probs6 = probs[:, idx]
+    probs6[:, 0] += probs[:, AUDIO_LABELS.index("calm")]
+    truth = [AUDIO_LABELS[i] for i in data.y]
+    return classification_report(truth, [EMODB_LABELS[i] for i in probs6.argmax(1)], EMODB_LABELS)
+
+
+# ---------------------------------------------------------------- face data
+
+def fer_splits(root: Path, seed: int = 0) -> dict[str, Arrays]:
+    """Stratified fixed split of the FER2013 train folder (module docstring)."""
+    from distill.data import load_corpus
+    from distill.data.cache import load_faces
+    items = load_corpus(root / "fer2013" / "train")
+    y = np.array([FACE_LABELS.index(it.label) for it in items], np.int64)
+    part = np.zeros(len(items), np.int64)            # 0 train, 1 val, 2 test
+    rng = np.random.default_rng(seed)
+    for c in range(len(FACE_LABELS)):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_test, n_val = int(round(FER_TEST * len(idx))), int(round(FER_VAL * len(idx)))
+        part[idx[:n_test]], part[idx[n_test:n_test + n_val]] = 2, 1
+    faces = load_faces(items, cache_dir=None).astype(np.float32)[:, None]
+    return {k: Arrays(x=faces[part == p], y=y[part == p]) for p, k in enumerate(("train", "val", "test"))}
+
+
+# ---------------------------------------------------------------- training
+
+def teacher_targets(teacher_path: str | None, data: Arrays, modality: str) -> Arrays:
+    """Attach the teacher's logits and common-space embedding to every item, if a teacher is given."""
+    if not teacher_path:
+        return data
+    from distill.models.teacher import load_teacher
+    teacher, _ = load_teacher(teacher_path)
+    run = teacher.audio_logits_and_embedding if modality == "audio" else teacher.face_logits_and_embedding
+    with torch.no_grad():
+        if modality == "audio":
+            out = [run(torch.from_numpy(w[:n][None])) for w, n in zip(data.x, data.lengths)]
+        else:
+            out = [run(torch.from_numpy(data.x[i:i + 256])) for i in range(0, len(data), 256)]
+    logits = torch.cat([o[0] for o in out]).numpy().astype(np.float32)
+    emb = torch.cat([o[1] for o in out]).numpy().astype(np.float32)
+    return replace(data, teacher_logits=logits, teacher_emb=emb)
+
+
+def build(modality: str) -> torch.nn.Module:
+    return AudioStudent(len(AUDIO_LABELS)) if modality == "audio" else FaceStudent(len(FACE_LABELS))
+
+
+def load_splits(modality: str, root: Path, cache: Path) -> dict[str, Arrays]:
+    splits = ravdess_splits(root, cache) if modality == "audio" else fer_splits(root)
+    if modality == "audio":
+        splits["emodb"] = emodb_arrays(root, cache)
+    return splits
+
+
+def held_out_reports(model: torch.nn.Module, modality: str, splits: dict[str, Arrays]) -> dict:
+    labels = AUDIO_LABELS if modality == "audio" else FACE_LABELS
+    reports = {k: evaluate(model, splits[k], labels) for k in ("val", "test")}
+    if "emodb" in splits:
+        reports["emodb"] = emodb_report(model, splits["emodb"])
+    return reports
+
+
+def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | None) -> dict:
+    """Train one student on the real corpus, save `<modality>.pt` and `<modality>.json`."""
+    out.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(modality, root, out.parent / "cache")
+    splits["train"] = teacher_targets(teacher, splits["train"], modality)
+    labels = AUDIO_LABELS if modality == "audio" else FACE_LABELS
+    torch.manual_seed(cfg.seed)
+    model, history = fit(build(modality), splits["train"], splits["val"], labels, cfg, _LOGGER.info)
+    result = {"modality": modality, "labels": labels, "params": count_params(model),
+              "config": asdict(cfg), "teacher": teacher, "history": history,
+              "sizes": {k: len(v) for k, v in splits.items()},
+              "reports": held_out_reports(model, modality, splits)}
+    torch.save({"state_dict": model.state_dict(), "labels": labels}, out / f"{modality}.pt")
+    (out / f"{modality}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def load_student(path: Path) -> torch.nn.Module:
+    """A student saved by `train` (modality from the file name), eval mode."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = build(path.stem)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+# ---------------------------------------------------------------- CLI
+
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="folder with the corpora (default ../shared/data)")
+    p.add_argument("--out", default="runs/ship")
+    p.add_argument("--teacher", default=None, help="teacher checkpoint for distillation")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-kd", action="store_true", help="train from labels alone")
+    p.add_argument("--max-minutes", type=float, default=1e9)
+    p.add_argument("--threads", type=int, default=1)
+
+
+def _config(modality: str, args: argparse.Namespace) -> FitConfig:
+    base = AUDIO_CFG if modality == "audio" else FACE_CFG
+    return replace(base, epochs=args.epochs or base.epochs, seed=args.seed, kd=not args.no_kd,
+                   max_minutes=args.max_minutes)
+
+
+def students_main(argv: list[str] | None = None) -> int:
+    """`python -m distill.train students --data D --out runs/S [--modality audio|face|both] ...`."""
+    p = argparse.ArgumentParser(prog="distill.train students")
+    _fit_args(p)
+    p.add_argument("--modality", choices=("audio", "face", "both"), default="both")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    for modality in ("audio", "face") if args.modality == "both" else (args.modality,):
+        result = train(modality, data_root(args.data), Path(args.out), _config(modality, args), args.teacher)
+        _LOGGER.info("%s test %s", modality, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="distill.ship")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("train", add_help=False)
+    ex = sub.add_parser("export")
+    ex.add_argument("--runs", default="runs/ship")
+    ex.add_argument("--data", default=None)
+    ex.add_argument("--models", default="edge/models")
+    args, rest = p.parse_known_args(argv)
+    if args.cmd == "train":
+        return students_main(rest)
+    from distill.ship_export import export_all
+    return export_all(Path(args.runs), data_root(args.data), Path(args.models))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

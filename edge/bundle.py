@@ -1,0 +1,206 @@
+"""Model bundles: find, validate and describe one model folder (`avemo-bundle/1`).
+
+In:  a bundle name ("audio", "face": folders under `edge/models/`), a bundle folder, or
+     the path of its `manifest.json`.
+Out: a frozen `Bundle` describing the model (labels, input spec, outputs, front end) and
+     the verified paths of its payloads. Nothing is loaded into memory but the manifest.
+
+Every payload listed in the manifest is checked at load (exists, byte size, sha256), so a
+bad bundle fails here with a `BundleError` naming the file, the problem and the fix, never
+later inside a backend. The format is documented in docs/bundle-format.md; `write_manifest`
+is the one place payload hashes are computed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.errors import BundleError
+from edge.settings import AudioFrontEnd, FaceInput
+
+FORMAT = "avemo-bundle/1"
+MANIFEST = "manifest.json"
+MODELS_DIR = Path(__file__).parent / "models"
+PAYLOADS: dict[str, str] = {
+    "npz": "model.npz",
+    "int8.onnx": "model.int8.onnx",
+    "onnx": "model.onnx",
+    "tflite": "model.tflite",
+}
+"""Payload kind -> file name inside the bundle folder."""
+
+_REEXPORT = "re-export it with `make quantize` or reinstall avemo-edge"
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "format": str, "name": str, "version": str, "modality": str, "labels": list,
+    "input": dict, "outputs": dict, "embedding_dim": int, "files": dict,
+}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated model bundle. `payload(kind)` gives the path of a verified payload."""
+
+    path: Path
+    manifest: dict
+    name: str
+    modality: str
+    labels: tuple[str, ...]
+    input_name: str
+    input_shape: tuple[int, ...]
+    outputs: dict
+    embedding_dim: int
+    frontend: AudioFrontEnd | None
+    face: FaceInput | None
+    window_s: float | None
+
+    def has_payload(self, kind: str) -> bool:
+        return PAYLOADS.get(kind) in self.manifest["files"]
+
+    def payload(self, kind: str) -> Path:
+        """Path of payload `kind` ("npz", "int8.onnx", "onnx", "tflite"); BundleError if absent."""
+        if kind not in PAYLOADS:
+            raise BundleError(f"{self.path}: unknown payload kind {kind!r}: use one of {sorted(PAYLOADS)}")
+        if not self.has_payload(kind):
+            raise BundleError(f"{self.path}: bundle has no {PAYLOADS[kind]} payload: "
+                              f"use another backend or {_REEXPORT}")
+        return self.path / PAYLOADS[kind]
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """{"sha256": hex, "bytes": n} of one file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
+
+
+def write_manifest(folder: str | Path, manifest: dict) -> Path:
+    """Write `folder/manifest.json`, with `files` set to the digests of the payloads present."""
+    folder = Path(folder)
+    files = {fname: file_digest(folder / fname) for fname in PAYLOADS.values() if (folder / fname).is_file()}
+    out = folder / MANIFEST
+    out.write_text(json.dumps({**manifest, "files": files}, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def load_bundle(path_or_name: str | Path) -> Bundle:
+    """Resolve, read and validate a bundle; every problem raises BundleError."""
+    folder = _resolve(path_or_name)
+    manifest = _read_manifest(folder / MANIFEST)
+    _check_fields(folder / MANIFEST, manifest)
+    _check_files(folder, manifest["files"])
+    return _build(folder, manifest)
+
+
+def _resolve(path_or_name: str | Path) -> Path:
+    path = Path(path_or_name)
+    if path.is_file() and path.name == MANIFEST:
+        return path.parent
+    if path.is_dir():
+        return path
+    if isinstance(path_or_name, str) and path.name == path_or_name and (MODELS_DIR / path_or_name).is_dir():
+        return MODELS_DIR / path_or_name
+    builtin = sorted(p.name for p in MODELS_DIR.iterdir() if p.is_dir()) if MODELS_DIR.is_dir() else []
+    raise BundleError(f"{path_or_name}: no such bundle: pass a bundle folder, its {MANIFEST}, "
+                      f"or a built-in name ({', '.join(builtin) or 'none installed'})")
+
+
+def _read_manifest(path: Path) -> dict:
+    if not path.is_file():
+        raise BundleError(f"{path}: manifest missing: a bundle folder needs a {MANIFEST}; {_REEXPORT}")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: not valid UTF-8 JSON ({e}): {_REEXPORT}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: manifest must be a JSON object, got {type(manifest).__name__}: {_REEXPORT}")
+    return manifest
+
+
+def _check_fields(path: Path, m: dict) -> None:
+    def bad(problem: str) -> BundleError:
+        return BundleError(f"{path}: {problem}: fix the manifest or {_REEXPORT}")
+
+    if m.get("format") != FORMAT:
+        raise bad(f"format is {m.get('format')!r}, this avemo-edge reads {FORMAT!r}")
+    for key, typ in _REQUIRED.items():
+        if key not in m:
+            raise bad(f"required field {key!r} is missing")
+        if not isinstance(m[key], typ) or isinstance(m[key], bool):
+            raise bad(f"field {key!r} must be {typ.__name__}, got {type(m[key]).__name__}")
+    labels = m["labels"]
+    if not labels or not all(isinstance(x, str) and x for x in labels):
+        raise bad("labels must be a non-empty list of non-empty strings")
+    if len(set(labels)) != len(labels):
+        raise bad(f"labels are not unique: {labels}")
+    if m["embedding_dim"] < 1:
+        raise bad(f"embedding_dim must be positive, got {m['embedding_dim']}")
+    if not all(isinstance(v, str) for v in m["outputs"].values()) or "logits" not in m["outputs"]:
+        raise bad("outputs must map 'logits' (and 'embedding') to graph output names")
+    _check_input(m["modality"], m["input"], bad)
+
+
+def _check_input(modality: str, spec: dict, bad) -> None:
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise bad("input.name must be a non-empty string")
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                           for d in shape):
+        raise bad(f"input.shape must be a list of ints, got {shape!r}")
+    if spec.get("dtype", "float32") != "float32":
+        raise bad(f"input.dtype must be 'float32', got {spec.get('dtype')!r}")
+    if modality == "audio":
+        _settings(spec, "frontend", AudioFrontEnd, bad)
+        if len(shape) != 2 or not isinstance(spec.get("window_s"), (int, float)) or spec["window_s"] <= 0:
+            raise bad(f"an audio bundle needs input.shape [1, T] and a positive input.window_s, got {shape}")
+    elif modality == "face":
+        face = _settings(spec, "face", FaceInput, bad)
+        if shape != [1, 1, face.size, face.size]:
+            raise bad(f"a face bundle needs input.shape [1, 1, {face.size}, {face.size}], got {shape}")
+    else:
+        raise bad(f"modality must be 'audio' or 'face', got {modality!r}")
+
+
+def _settings(spec: dict, key: str, cls: type, bad) -> Any:
+    try:
+        settings = cls.from_dict(spec[key])
+    except (KeyError, TypeError) as e:
+        raise bad(f"input.{key} is missing or invalid ({e})") from None
+    values = settings.to_dict().values()
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise bad(f"input.{key} values must be non-negative numbers, got {spec[key]}")
+    return settings
+
+
+def _check_files(folder: Path, files: dict) -> None:
+    for fname, entry in files.items():
+        path = folder / fname
+        if fname not in PAYLOADS.values() or not isinstance(entry, dict):
+            raise BundleError(f"{path}: not a known payload entry (expected one of {sorted(PAYLOADS.values())} "
+                              f"with sha256 and bytes): {_REEXPORT}")
+        if not path.is_file():
+            raise BundleError(f"{path}: payload listed in {MANIFEST} is missing: {_REEXPORT}")
+        size = path.stat().st_size
+        if size != entry.get("bytes"):
+            raise BundleError(f"{path}: size mismatch (manifest says {entry.get('bytes')} bytes, file has "
+                              f"{size}): the bundle is corrupt or was edited; {_REEXPORT}")
+        digest = file_digest(path)["sha256"]
+        if digest != entry.get("sha256"):
+            raise BundleError(f"{path}: sha256 mismatch (manifest says {str(entry.get('sha256'))[:12]}..., "
+                              f"file is {digest[:12]}...): the bundle is corrupt or was edited; {_REEXPORT}")
+
+
+def _build(folder: Path, m: dict) -> Bundle:
+    spec = m["input"]
+    return Bundle(
+        path=folder, manifest=m, name=m["name"], modality=m["modality"], labels=tuple(m["labels"]),
+        input_name=spec["name"], input_shape=tuple(spec["shape"]), outputs=dict(m["outputs"]),
+        embedding_dim=m["embedding_dim"],
+        frontend=AudioFrontEnd.from_dict(spec["frontend"]) if "frontend" in spec else None,
+        face=FaceInput.from_dict(spec["face"]) if "face" in spec else None,
+        window_s=float(spec["window_s"]) if "window_s" in spec else None,
+    )

@@ -1,0 +1,179 @@
+"""One hop of the pipeline: rings -> VAD -> audio student, newest frame -> face -> face
+student, both -> fusion -> a `Result`.
+
+`Pipeline.__init__` is setup (load bundles, open backend sessions, allocate every window,
+crop and probability buffer once); `Pipeline.step(t, audio_ring, frame_ring)` is the loop
+body. Nothing here knows where the audio or frames come from: `edge/stream.py` owns the
+sources and the clock. Buffers in a `Result` are copied out into plain lists, so a result
+stays valid after the next hop.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.backends import open_session
+from edge.bundle import Bundle, load_bundle
+from edge.errors import ConfigError
+from edge.face import FaceStage
+from edge.features import VoiceGate
+from edge.fusion import CommonSpace, Fusion
+from edge.profiles import Profile
+from edge.ring import AudioRing, FrameRing
+from edge.settings import AUDIO
+
+MIN_AUDIO_S = 0.5
+"""Shortest window the audio student is run on (at the start of a stream)."""
+
+
+@dataclass
+class Result:
+    """One hop's output; `to_json()` is the JSON line the CLI prints (schema in README)."""
+
+    t: float
+    audio: dict | None
+    face: dict | None
+    fused: dict | None
+    latency_ms: dict[str, float]
+    counters: dict[str, int]
+    events: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"t": self.t, "audio": self.audio, "face": self.face, "fused": self.fused,
+                "latency_ms": self.latency_ms, "counters": self.counters, "events": self.events}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+def _probs_dict(labels: tuple[str, ...], probs: np.ndarray) -> dict[str, float]:
+    return {label: round(float(p), 4) for label, p in zip(labels, probs)}
+
+
+class Model:
+    """A bundle, its backend session and a preallocated softmax output."""
+
+    def __init__(self, bundle: Bundle, backend: str, backend_order: tuple[str, ...], threads: int) -> None:
+        self.bundle = bundle
+        self.session = open_session(bundle, backend=backend, order=backend_order, threads=threads)
+        self.labels = bundle.labels
+        self.probs = np.zeros(len(bundle.labels), np.float32)
+        self.embedding: np.ndarray | None = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run({self.bundle.input_name: x})
+        logits = out["logits"].reshape(-1)
+        np.subtract(logits, logits.max(), out=self.probs)
+        np.exp(self.probs, out=self.probs)
+        self.probs /= self.probs.sum()
+        self.embedding = out["embedding"].reshape(-1) if "embedding" in out else None
+        return self.probs
+
+
+def common_space(audio: Bundle | None, face: Bundle | None, labels: tuple[str, ...]) -> CommonSpace | None:
+    """The teacher's class embeddings, when both bundles carry the same ones."""
+    spaces = [b.manifest.get("common_space") for b in (audio, face) if b is not None]
+    if not spaces or any(s is None for s in spaces) or any(s != spaces[0] for s in spaces):
+        return None
+    table = dict(zip(spaces[0]["labels"], spaces[0]["class_embeddings"]))
+    if not all(label in table for label in labels):
+        return None
+    return CommonSpace(np.asarray([table[label] for label in labels], np.float32),
+                       float(spaces[0].get("temperature", 1.0)))
+
+
+class Pipeline:
+    def __init__(self, profile: Profile, audio_model: str | None = "audio",
+                 face_model: str | None = "face", backend: str = "auto",
+                 hop_s: float | None = None, detector=None) -> None:
+        if audio_model is None and face_model is None:
+            raise ConfigError("nothing to run: give an audio model, a face model or both")
+        self.profile = profile
+        self.hop_s = hop_s if hop_s is not None else profile.audio.hop_s
+        if self.hop_s <= 0:
+            raise ConfigError(f"--hop must be > 0 seconds, got {self.hop_s}")
+        threads, order = profile.device.threads, profile.runtime.backends
+        self.audio = Model(load_bundle(audio_model), backend, order, threads) if audio_model else None
+        self.face = Model(load_bundle(face_model), backend, order, threads) if face_model else None
+        self._setup_audio()
+        self._setup_face(detector)
+        labels = (self.audio.labels if self.audio else (), self.face.labels if self.face else ())
+        self.fusion = Fusion(*labels, audio_weight=profile.fusion.audio_weight,
+                             face_weight=profile.fusion.face_weight,
+                             half_life_s=profile.fusion.half_life_s)
+        self.fusion.common = common_space(self.audio and self.audio.bundle,
+                                          self.face and self.face.bundle, self.fusion.labels)
+        self.latency: dict[str, float] = {}
+
+    def _setup_audio(self) -> None:
+        window_s = self.profile.audio.window_s
+        self.window = np.zeros((1, int(round(window_s * AUDIO.sample_rate)) // AUDIO.hop * AUDIO.hop), np.float32)
+        self.gate = VoiceGate(self.window.shape[1], threshold_dbfs=self.profile.audio.vad_dbfs)
+        self.min_samples = int(MIN_AUDIO_S * AUDIO.sample_rate)
+
+    def _setup_face(self, detector) -> None:
+        v = self.profile.video
+        self.frame = np.zeros((v.height, v.width, 3), np.uint8)
+        self.face_stage = FaceStage(detector, detect_every=v.detect_every) if self.face else None
+        self.max_frame_age_s = max(1.0, 2.0 * self.hop_s)
+
+    def use_frame_shape(self, shape: tuple[int, int, int]) -> None:
+        """Size the frame buffer to the source's frames (called once by the stream)."""
+        if self.frame.shape != shape:
+            self.frame = np.zeros(shape, np.uint8)
+
+    def _timed(self, stage: str, start: float) -> float:
+        now = time.perf_counter()
+        self.latency[stage] = round((now - start) * 1e3, 3)
+        return now
+
+    def _audio_step(self, ring: AudioRing) -> dict:
+        start = time.perf_counter()
+        real = ring.read_latest(self.window[0])
+        start = self._timed("ring", start)
+        voiced = real >= self.min_samples and self.gate.voiced(self.window[0])
+        start = self._timed("vad", start)
+        result = {"voiced": voiced, "level_dbfs": round(self.gate.level_dbfs, 1), "label": None, "probs": None}
+        if voiced:
+            n = min(real, self.window.shape[1]) // AUDIO.hop * AUDIO.hop
+            probs = self.audio(self.window[:, self.window.shape[1] - n:])
+            result.update(label=self.audio.labels[int(np.argmax(probs))],
+                          probs=_probs_dict(self.audio.labels, probs))
+        self._timed("audio", start)
+        return result
+
+    def _face_step(self, t: float, ring: FrameRing) -> dict | None:
+        start = time.perf_counter()
+        newest = ring.read_newest(self.frame)
+        if newest is None or t - newest[0] > self.max_frame_age_s:
+            return None
+        box = self.face_stage.process(self.frame)
+        start = self._timed("face_detect", start)
+        if box is None:
+            return None
+        probs = self.face(self.face_stage.input)
+        self._timed("face", start)
+        return {"box": [int(v) for v in box], "label": self.face.labels[int(np.argmax(probs))],
+                "probs": _probs_dict(self.face.labels, probs)}
+
+    def step(self, t: float, audio_ring: AudioRing | None, frame_ring: FrameRing | None) -> Result:
+        """Run one hop at stream time `t` (seconds) on what the rings hold now."""
+        self.latency = {}
+        begin = time.perf_counter()
+        audio = self._audio_step(audio_ring) if self.audio and audio_ring is not None else None
+        face = self._face_step(t, frame_ring) if self.face and frame_ring is not None else None
+        start = time.perf_counter()
+        audio_probs = self.audio.probs if audio and audio["voiced"] else None
+        face_probs = self.face.probs if face else None
+        fused = self.fusion.update(t, audio_probs, face_probs,
+                                   self.audio.embedding if audio_probs is not None else None,
+                                   self.face.embedding if face_probs is not None else None)
+        fused_out = None if fused is None else {"label": self.fusion.label,
+                                                "probs": _probs_dict(self.fusion.labels, fused)}
+        self._timed("fusion", start)
+        self.latency["total"] = round((time.perf_counter() - begin) * 1e3, 3)
+        return Result(t=round(t, 3), audio=audio, face=face, fused=fused_out,
+                      latency_ms=dict(self.latency), counters={})
