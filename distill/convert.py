@@ -37,7 +37,7 @@ def onnx_to_npz(onnx_path: str | Path, npz_path: str | Path) -> None:
         "outputs": [v.name for v in graph.output],
         "nodes": nodes,
     }
-    arrays = {f"init/{name}": np.ascontiguousarray(a) for name, a in inits.items()}
+    arrays = {f"init/{name}": np.asarray(a, order="C") for name, a in inits.items()}
     arrays["__graph__"] = np.frombuffer(json.dumps(spec).encode("utf-8"), dtype=np.uint8)
     np.savez(str(npz_path), **arrays)
     _LOGGER.info("wrote %s (%d nodes, %d initializers)", npz_path, len(nodes), len(inits))

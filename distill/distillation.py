@@ -98,13 +98,13 @@ def _crop(x: np.ndarray, lengths: np.ndarray, n: int, rng: np.random.Generator) 
 def augment_audio(wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """Gain, spectral tilt and additive noise at a random SNR on a batch [B, T]."""
     b = wave.shape[0]
-    tilt = torch.from_numpy(rng.uniform(-0.6, 0.6, (b, 1)).astype(np.float32))
+    tilt = torch.from_numpy(rng.uniform(-0.5, 0.5, (b, 1)).astype(np.float32))
     wave = torch.cat([wave[:, :1], wave[:, 1:] + tilt * wave[:, :-1]], dim=1)
     noise = torch.from_numpy(rng.standard_normal(wave.shape).astype(np.float32))
     brown = torch.from_numpy(rng.random((b, 1)) < 0.5)
     noise = torch.where(brown, _brown(noise), noise)
     snr_db = torch.from_numpy(rng.uniform(5.0, 40.0, (b, 1)).astype(np.float32))
-    use = torch.from_numpy((rng.random((b, 1)) < 0.7).astype(np.float32))
+    use = torch.from_numpy((rng.random((b, 1)) < 0.6).astype(np.float32))
     power = wave.pow(2).mean(1, keepdim=True) + 1e-8
     scale = torch.sqrt(power / (noise.pow(2).mean(1, keepdim=True) + 1e-8) / 10 ** (snr_db / 10))
     wave = wave + use * scale * noise

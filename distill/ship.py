@@ -22,16 +22,19 @@ import csv
 import json
 import logging
 import os
+import subprocess
 from dataclasses import asdict, replace
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from distill.distillation import Arrays, FitConfig, evaluate, fit, predict
-from distill.models.students import AudioStudent, FaceStudent, count_params
+from distill.distillation import (WINDOW_S, Arrays, FitConfig, audio_windows, evaluate, fit, predict,
+                                  standardize_faces, window_samples)
+from distill.models.students import EMBEDDING_DIM, AudioStudent, FaceStudent, count_params, fold_batchnorm
 from edge.metrics import classification_report
-from edge.settings import LABELS
+from edge.settings import AUDIO, FACE, LABELS
 
 _LOGGER = logging.getLogger(__name__)
 AUDIO_LABELS = list(LABELS)
@@ -54,20 +57,25 @@ def data_root(arg: str | None) -> Path:
 
 # ---------------------------------------------------------------- audio data
 
-def trim(wave: np.ndarray, hop: int = 160) -> np.ndarray:
-    """Cut leading/trailing hops more than TRIM_DB below the loudest hop (keeps >= 1 hop)."""
+def trim(wave: np.ndarray, min_len: int, hop: int = AUDIO.hop) -> np.ndarray:
+    """The span from the first to the last hop within TRIM_DB of the loudest one, widened
+    symmetrically to `min_len` samples where the file allows (real room audio, not padding)."""
     n = len(wave) // hop
     if n < 2:
         return wave
     db = 10 * np.log10(np.mean(wave[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
     active = np.flatnonzero(db > db.max() - TRIM_DB)
-    return wave[max(0, active[0] - 10) * hop: min(n, active[-1] + 11) * hop]
+    start, end = active[0] * hop, (active[-1] + 1) * hop
+    grow = max(0, min_len - (end - start))
+    start = max(0, start - grow // 2 - hop)
+    end = min(len(wave), max(end + grow - grow // 2 + hop, start + min_len))
+    return wave[max(0, min(start, end - min_len)):end]
 
 
 def audio_arrays(items: list, labels: list[str], cache: Path) -> Arrays:
     """Decoded, trimmed, zero-padded waveforms [N, L] with lengths and label indices."""
     from distill.data.cache import load_waveforms
-    waves = [trim(w) for w in load_waveforms(items, cache_dir=cache)]
+    waves = [trim(w, window_samples()) for w in load_waveforms(items, cache_dir=cache)]
     lengths = np.array([len(w) for w in waves])
     x = np.zeros((len(waves), lengths.max()), np.float32)
     for i, w in enumerate(waves):
@@ -76,14 +84,17 @@ def audio_arrays(items: list, labels: list[str], cache: Path) -> Arrays:
     return Arrays(x=x, y=y, lengths=lengths, meta={"speakers": sorted({it.speaker for it in items})})
 
 
-def ravdess_splits(root: Path, cache: Path) -> dict[str, Arrays]:
+def _ravdess_items(root: Path) -> dict[str, list]:
     from distill.data import load_corpus
-    items = load_corpus(root / "ravdess_speech")
-    part = {"train": [], "val": [], "test": []}
-    for it in items:
+    part: dict[str, list] = {"train": [], "val": [], "test": []}
+    for it in load_corpus(root / "ravdess_speech"):
         key = "test" if it.speaker in TEST_ACTORS else "val" if it.speaker in VAL_ACTORS else "train"
         part[key].append(it)
-    return {k: audio_arrays(v, AUDIO_LABELS, cache) for k, v in part.items()}
+    return part
+
+
+def ravdess_splits(root: Path, cache: Path) -> dict[str, Arrays]:
+    return {k: audio_arrays(v, AUDIO_LABELS, cache) for k, v in _ravdess_items(root).items()}
 
 
 def emodb_arrays(root: Path, cache: Path) -> Arrays:
@@ -96,11 +107,9 @@ def emodb_arrays(root: Path, cache: Path) -> Arrays:
     return audio_arrays(items, AUDIO_LABELS, cache)
 
 
-def emodb_report(model: torch.nn.Module, data: Arrays) -> dict:
+def emodb_from_probs(probs: np.ndarray, data: Arrays) -> dict:
     """Scores on EmoDB's 6 labels: calm folded into neutral, surprise never predicted."""
-    probs = predict(model, data)
-    idx = [AUDIO_LABELS.index(k) for k in EMODB_LABELS]
-    probs6 = probs[:, idx]
+    probs6 = probs[:, [AUDIO_LABELS.index(k) for k in EMODB_LABELS]].copy()
     probs6[:, 0] += probs[:, AUDIO_LABELS.index("calm")]
     truth = [AUDIO_LABELS[i] for i in data.y]
     return classification_report(truth, [EMODB_LABELS[i] for i in probs6.argmax(1)], EMODB_LABELS)
@@ -108,20 +117,29 @@ def emodb_report(model: torch.nn.Module, data: Arrays) -> dict:
 
 # ---------------------------------------------------------------- face data
 
-def fer_splits(root: Path, seed: int = 0) -> dict[str, Arrays]:
+def fer_items(root: Path, seed: int = 0) -> dict[str, list]:
     """Stratified fixed split of the FER2013 train folder (module docstring)."""
     from distill.data import load_corpus
-    from distill.data.cache import load_faces
     items = load_corpus(root / "fer2013" / "train")
-    y = np.array([FACE_LABELS.index(it.label) for it in items], np.int64)
+    y = np.array([FACE_LABELS.index(it.label) for it in items])
     part = np.zeros(len(items), np.int64)            # 0 train, 1 val, 2 test
     rng = np.random.default_rng(seed)
     for c in range(len(FACE_LABELS)):
         idx = rng.permutation(np.flatnonzero(y == c))
         n_test, n_val = int(round(FER_TEST * len(idx))), int(round(FER_VAL * len(idx)))
         part[idx[:n_test]], part[idx[n_test:n_test + n_val]] = 2, 1
+    return {k: [it for it, q in zip(items, part) if q == p] for p, k in enumerate(("train", "val", "test"))}
+
+
+def face_arrays(items: list) -> Arrays:
+    """Gray crops float32 [N, 1, S, S] on 0..255 and label indices."""
+    from distill.data.cache import load_faces
     faces = load_faces(items, cache_dir=None).astype(np.float32)[:, None]
-    return {k: Arrays(x=faces[part == p], y=y[part == p]) for p, k in enumerate(("train", "val", "test"))}
+    return Arrays(x=faces, y=np.array([FACE_LABELS.index(it.label) for it in items], np.int64))
+
+
+def fer_splits(root: Path) -> dict[str, Arrays]:
+    return {k: face_arrays(v) for k, v in fer_items(root).items()}
 
 
 # ---------------------------------------------------------------- training
@@ -158,7 +176,7 @@ def held_out_reports(model: torch.nn.Module, modality: str, splits: dict[str, Ar
     labels = AUDIO_LABELS if modality == "audio" else FACE_LABELS
     reports = {k: evaluate(model, splits[k], labels) for k in ("val", "test")}
     if "emodb" in splits:
-        reports["emodb"] = emodb_report(model, splits["emodb"])
+        reports["emodb"] = emodb_from_probs(predict(model, splits["emodb"]), splits["emodb"])
     return reports
 
 
@@ -185,6 +203,135 @@ def load_student(path: Path) -> torch.nn.Module:
     model = build(path.stem)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+# ---------------------------------------------------------------- export
+
+def model_inputs(modality: str, data: Arrays) -> list[np.ndarray]:
+    """Per item, its runtime inputs stacked on axis 0: audio [W, T] (the 2.0 s windows,
+    hop 0.5 s), face [1, 1, S, S] (the standardized crop). Feed each `window[None]`."""
+    if modality == "audio":
+        return [audio_windows(w, int(n)) for w, n in zip(data.x, data.lengths)]
+    x = standardize_faces(torch.from_numpy(data.x)).numpy()
+    return [x[i:i + 1] for i in range(len(x))]
+
+
+def singles(inputs: list[np.ndarray], labels: np.ndarray, per_item: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Up to `per_item` single model inputs [1, ...] per item, with the item's label."""
+    xs, ys = [], []
+    for group, y in zip(inputs, labels):
+        xs += [g[None] for g in group[:per_item]]
+        ys += [y] * min(per_item, len(group))
+    return xs, np.array(ys)
+
+
+def split_arrays(modality: str, root: Path, part: str, cache: Path = Path("runs/cache")) -> Arrays:
+    """One split ('train', 'val', 'test') of the modality's corpus."""
+    if modality == "face":
+        return face_arrays(fer_items(root)[part])
+    return audio_arrays(_ravdess_items(root)[part], AUDIO_LABELS, cache)
+
+
+def calibration_inputs(modality: str, data: str | None = None, limit: int = 200) -> list[np.ndarray]:
+    """Model inputs from the validation split (actors 17-18 / FER val), never test speakers."""
+    val = split_arrays(modality, data_root(data), "val")
+    xs, _ = singles(model_inputs(modality, val), val.y, 2)
+    return xs[:: max(1, len(xs) // limit)][:limit]
+
+
+def session_probs(model_path: Path, outputs: dict, inputs: list[np.ndarray], input_name: str) -> np.ndarray:
+    """Mean softmax over each item's windows with onnxruntime (one window per run), [N, C]."""
+    from edge.backends.onnxruntime import OrtSession
+    sess = OrtSession(model_path, outputs)
+    probs = []
+    for group in inputs:
+        logits = np.stack([sess.run({input_name: g[None]})["logits"][0] for g in group])
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        probs.append((e / e.sum(1, keepdims=True)).mean(0))
+    return np.stack(probs)
+
+
+def report_from_probs(probs: np.ndarray, data: Arrays, labels: list[str]) -> dict:
+    return classification_report([labels[i] for i in data.y], [labels[i] for i in probs.argmax(1)], labels)
+
+
+def input_spec(modality: str) -> dict:
+    if modality == "audio":
+        return {"name": "waveform", "shape": [1, -1], "dtype": "float32", "frontend": AUDIO.to_dict(),
+                "window_s": WINDOW_S}
+    return {"name": "face", "shape": [1, 1, FACE.size, FACE.size], "dtype": "float32", "face": FACE.to_dict()}
+
+
+def provenance(modality: str, result: dict) -> dict:
+    corpus = ("RAVDESS speech (actors 01-16 train, 17-18 validation/calibration, 19-20 test; "
+              "CC BY-NC-SA 4.0)" if modality == "audio" else
+              "FER2013 train folder (stratified seed-0 split: 85 % train, 5 % validation/calibration, "
+              "10 % test; research use)")
+    teacher = result["teacher"] or "none: trained from labels alone (no teacher checkpoint was available)"
+    return {"trained_on": corpus, "teacher": teacher, "created": date.today().isoformat(),
+            "code": _git_sha(), "params": result["params"], "epochs_run": len(result["history"]),
+            "config": result["config"], "emodb": "evaluation only (never trained, tuned or calibrated on)"}
+
+
+def _git_sha() -> str:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or "uncommitted working tree"
+
+
+def export_modality(modality: str, runs: Path, root: Path, models: Path, target: str) -> Path:
+    """Student checkpoint -> float ONNX -> int8 bundle in models/<modality> with metrics."""
+    from distill.export import export_onnx
+    from distill.quantize import load_scheme, make_bundle
+    result = json.loads((runs / f"{modality}.json").read_text())
+    labels = result["labels"]
+    spec = input_spec(modality)
+    example = torch.zeros(1, window_samples()) if modality == "audio" else torch.zeros(1, 1, FACE.size, FACE.size)
+    float_path = export_onnx(fold_batchnorm(load_student(runs / f"{modality}.pt")), example,
+                             runs / f"{modality}.onnx", spec["name"], dynamic_time_axis=modality == "audio")
+    val = split_arrays(modality, root, "val")
+    check = singles(model_inputs(modality, val), val.y, 8)
+    manifest = {"name": modality, "modality": modality, "labels": labels, "input": spec,
+                "embedding_dim": EMBEDDING_DIM, "metrics": {}, "provenance": provenance(modality, result)}
+    folder = make_bundle(float_path, models / modality, load_scheme(target),
+                         calibration_inputs(modality, str(root)), manifest, check=check)
+    _set_metrics(folder, held_out_metrics(folder, modality, root, labels, result))
+    return folder
+
+
+def held_out_metrics(folder: Path, modality: str, root: Path, labels: list[str], result: dict) -> dict:
+    """Test-split figures of the int8 and float models (and EmoDB for audio), onnxruntime."""
+    from edge.bundle import load_bundle
+    bundle = load_bundle(folder)
+    parts = {"test": split_arrays(modality, root, "test")}
+    if modality == "audio":
+        parts["emodb"] = emodb_arrays(root, Path("runs/cache"))
+    out = {"split": "RAVDESS actors 19-20 (never seen), mean over 2.0 s windows" if modality == "audio"
+           else "FER2013 held-out 10 % of train (stratified, seed 0)"}
+    for kind, tag in (("int8.onnx", "int8"), ("onnx", "float")):
+        for part, data in parts.items():
+            probs = session_probs(bundle.payload(kind), bundle.outputs, model_inputs(modality, data),
+                                  bundle.input_name)
+            rep = emodb_from_probs(probs, data) if part == "emodb" else report_from_probs(probs, data, labels)
+            out[f"{part}_{tag}"] = rep
+    headline = out["test_int8"]
+    out.update(accuracy=headline["accuracy"], uar=headline["uar"], macro_f1=headline["macro_f1"],
+               validation_torch=result["reports"]["val"])
+    return out
+
+
+def _set_metrics(folder: Path, metrics: dict) -> None:
+    from edge.bundle import MANIFEST, write_manifest
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["metrics"] = metrics
+    write_manifest(folder, {k: v for k, v in manifest.items() if k != "files"})
+
+
+def export_all(runs: Path, root: Path, models: Path, target: str = "x86") -> int:
+    for modality in ("audio", "face"):
+        if (runs / f"{modality}.pt").is_file():
+            folder = export_modality(modality, runs, root, models, target)
+            _LOGGER.info("wrote %s", folder)
+    return 0
 
 
 # ---------------------------------------------------------------- CLI
@@ -228,11 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--runs", default="runs/ship")
     ex.add_argument("--data", default=None)
     ex.add_argument("--models", default="edge/models")
+    ex.add_argument("--target", default="x86", help="firmware profile whose quantization the bundles use")
     args, rest = p.parse_known_args(argv)
     if args.cmd == "train":
         return students_main(rest)
-    from distill.ship_export import export_all
-    return export_all(Path(args.runs), data_root(args.data), Path(args.models))
+    return export_all(Path(args.runs), data_root(args.data), Path(args.models), args.target)
 
 
 if __name__ == "__main__":

@@ -74,11 +74,13 @@ class StreamResampler:
         self._r = 0  # output index within the phase cycle
         self._j = np.arange(max_out, dtype=np.int64)
         self._idx = np.empty(max_out, np.int64)
+        grid = np.indices((max_out, taps), dtype=np.int64)  # row j, tap k
+        self._row, self._tap = grid[0].copy(), grid[1].copy()
+        self._gather = np.empty((max_out, taps), np.int64)
         self._phase = np.empty(max_out, np.int64)
         self._win = np.empty((max_out, taps), np.float32)
         self._coef = np.empty((max_out, taps), np.float32)
         self._out = np.empty(max_out, np.float32)
-        self._windows = np.lib.stride_tricks.sliding_window_view(self._hist, taps)
 
     def process(self, block: np.ndarray) -> np.ndarray:
         """Feed one block; return the new output samples (a view, valid until the next call)."""
@@ -116,8 +118,11 @@ class StreamResampler:
         np.remainder(idx, self.up, out=phase)
         np.floor_divide(idx, self.up, out=idx)
         np.add(idx, self._q_base - self.half + 1 - self._g0, out=idx)
-        np.take(self._windows, idx, axis=0, out=self._win[:n])
-        np.take(self.table, phase, axis=0, out=self._coef[:n])
+        gather = self._gather[:n]  # gather[j, k] = idx[j] + k, without broadcasting buffers
+        np.take(idx, self._row[:n], out=gather, mode="clip")
+        np.add(gather, self._tap[:n], out=gather)
+        np.take(self._hist, gather, out=self._win[:n], mode="clip")
+        np.take(self.table, phase, axis=0, out=self._coef[:n], mode="clip")
         np.multiply(self._win[:n], self._coef[:n], out=self._win[:n])
         np.sum(self._win[:n], axis=1, out=self._out[:n])
 
@@ -255,7 +260,8 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
             expected, rate = f.frames, f.samplerate
             x = f.read(dtype="float32", always_2d=True)
     except (RuntimeError, ValueError) as e:
-        raise MediaError(f"{path}: cannot decode audio ({_one_line(str(e))})") from None
+        raise MediaError(f"{path}: cannot decode audio, corrupt or truncated "
+                         f"({_one_line(str(e))})") from None
     if len(x) < expected:
         raise MediaError(f"{path}: truncated: header says {expected} frames, decoded {len(x)}")
     return x.mean(axis=1, dtype=np.float32), rate

@@ -14,6 +14,7 @@ import argparse
 import json
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 
 from edge.errors import AvemoError
@@ -89,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        duration=args.duration, realtime=args.realtime,
                        audio_model=None if args.no_audio else args.audio_model,
                        face_model=args.face_model)
-    results, warned = [], set()
+    results, fused, warned = [], Counter(), set()
     _stop_on_signals()
     try:
         with stream:
@@ -99,6 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         print(f"avemo-edge: warning: {event}", file=sys.stderr, flush=True)
                         warned.add(event)
                 print(pretty(result) if args.pretty else result.to_json(), flush=True)
+                fused[result.fused["label"] if result.fused else None] += 1
                 if args.overlay:
                     results.append(result)
     except KeyboardInterrupt:
@@ -108,15 +110,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.overlay:
         write_overlay(args.video, results, args.overlay)
-    _summary(results or None)
+    print(_summary(fused), file=sys.stderr)
     return 0
 
 
-def _summary(results) -> None:
-    if results:
-        labels = [r.fused["label"] for r in results if r.fused]
-        top = max(set(labels), key=labels.count) if labels else "none"
-        print(f"avemo-edge: {len(results)} hops, most frequent fused label: {top}", file=sys.stderr)
+def _summary(fused: Counter) -> str:
+    hops = sum(fused.values())
+    spoken = {k: v for k, v in fused.most_common() if k is not None}
+    shares = ", ".join(f"{k} {v / hops:.0%}" for k, v in spoken.items()) or "no emotion (no voice, no face)"
+    return f"avemo-edge: {hops} hops; fused labels: {shares}"
 
 
 def cmd_info(args: argparse.Namespace) -> int:

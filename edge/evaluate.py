@@ -52,14 +52,14 @@ def read_labels_csv(folder: str | Path, modality: str) -> list[Row]:
         rel, label = (row.get(key) or "").strip(), (row.get("label") or "").strip().lower()
         if not rel:
             continue  # e.g. an audio-only row when evaluating faces
-        path = folder / rel
+        path = folder / rel  # rows of the other modality are skipped below
         if not label:
             problems.append(f"line {line}: empty label")
         elif not path.is_file():
             problems.append(f"line {line}: {rel} does not exist")
-        elif path.suffix.lower() not in (AUDIO_EXT if modality == "audio" else IMAGE_EXT):
-            problems.append(f"line {line}: {rel} is not a {modality} file")
-        else:
+        elif path.suffix.lower() not in AUDIO_EXT | IMAGE_EXT:
+            problems.append(f"line {line}: {rel} is neither audio ({sorted(AUDIO_EXT)}) nor an image")
+        elif path.suffix.lower() in (AUDIO_EXT if modality == "audio" else IMAGE_EXT):
             out.append(Row(path, label, (row.get("speaker") or "").strip()))
     if problems:
         shown = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")

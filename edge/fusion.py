@@ -80,8 +80,8 @@ class Fusion:
     def _add_common(self, audio_emb: np.ndarray | None, face_emb: np.ndarray | None) -> float:
         g = self.common.class_embeddings
         self._scores[:] = 0.0
-        for emb, w in ((audio_emb, self.weights["audio"]), (face_emb, self.weights["face"])):
-            if emb is not None and w > 0:
+        for emb, w in ((audio_emb, self.audio_weight), (face_emb, self.face_weight)):
+            if emb is not None:
                 self._scores += w * (g @ emb)
         self._scores /= self.common.temperature
         self._scores -= self._scores.max()

@@ -145,10 +145,10 @@ class Pipeline:
         self._timed("audio", start)
         return result
 
-    def _face_step(self, t: float, ring: FrameRing) -> dict | None:
+    def _face_step(self, now: float, ring: FrameRing) -> dict | None:
         start = time.perf_counter()
         newest = ring.read_newest(self.frame)
-        if newest is None or t - newest[0] > self.max_frame_age_s:
+        if newest is None or now - newest[0] > self.max_frame_age_s:
             return None
         box = self.face_stage.process(self.frame)
         start = self._timed("face_detect", start)
@@ -159,12 +159,19 @@ class Pipeline:
         return {"box": [int(v) for v in box], "label": self.face.labels[int(np.argmax(probs))],
                 "probs": _probs_dict(self.face.labels, probs)}
 
-    def step(self, t: float, audio_ring: AudioRing | None, frame_ring: FrameRing | None) -> Result:
-        """Run one hop at stream time `t` (seconds) on what the rings hold now."""
+    def step(self, t: float, audio_ring: AudioRing | None, frame_ring: FrameRing | None,
+             frame_clock: float | None = None) -> Result:
+        """Run one hop at stream time `t` (seconds) on what the rings hold now.
+
+        `frame_clock` is "now" on the clock that stamps the frames (the camera thread uses
+        time.monotonic()); a replay stamps frames with stream time and leaves it None.
+        A frame older than `max_frame_age_s` is stale: the face is reported as null.
+        """
         self.latency = {}
         begin = time.perf_counter()
         audio = self._audio_step(audio_ring) if self.audio and audio_ring is not None else None
-        face = self._face_step(t, frame_ring) if self.face and frame_ring is not None else None
+        now = t if frame_clock is None else frame_clock
+        face = self._face_step(now, frame_ring) if self.face and frame_ring is not None else None
         start = time.perf_counter()
         audio_probs = self.audio.probs if audio and audio["voiced"] else None
         face_probs = self.face.probs if face else None

@@ -144,8 +144,9 @@ class Stream:
         begin = time.monotonic()
         for t in self._hop_times(self.duration):
             time.sleep(max(0.0, begin + t - time.monotonic()))
-            now = time.monotonic() - begin
-            yield self._finish(self.pipeline.step(now, self.audio_ring, self._live_frames()))
+            now = time.monotonic()
+            yield self._finish(self.pipeline.step(now - begin, self.audio_ring, self._live_frames(),
+                                                  frame_clock=now))
 
     def _live_frames(self) -> FrameRing | None:
         if self.camera is None:

@@ -158,7 +158,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 def _fold_sequential(seq: nn.Sequential) -> None:
     names = list(seq._modules)
     for a, b in zip(names, names[1:]):
-        conv, bn = seq._modules[a], seq._modules[b]
+        conv, bn = seq._modules.get(a), seq._modules.get(b)
         if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
             seq._modules[a] = _fold(conv, bn)
-            seq._modules[b] = nn.Identity()
+            del seq._modules[b]

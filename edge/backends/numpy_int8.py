@@ -269,8 +269,14 @@ class _Window:
         if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or attrs.get("ceil_mode", 0):
             raise BundleError(f"{ctx.path}: {node.label()}: auto_pad/ceil_mode are not supported; "
                               f"export with explicit pads and ceil_mode=False")
-        return cls(list(kernel), list(attrs.get("strides", [1] * nd)), list(attrs.get("dilations", [1] * nd)),
-                   list(attrs.get("pads", [0] * 2 * nd)))
+        w = cls(list(kernel), list(attrs.get("strides", [1] * nd)), list(attrs.get("dilations", [1] * nd)),
+                list(attrs.get("pads", [0] * 2 * nd)))
+        sizes = (len(w.kernel), len(w.strides), len(w.dilations), len(w.pads) // 2, (len(w.pads) + 1) // 2)
+        values = w.kernel + w.strides + w.dilations + w.pads
+        if len(set(sizes)) != 1 or not all(isinstance(v, int) and 0 <= v < 1 << 16 for v in values) \
+                or min(w.kernel + w.strides + w.dilations, default=0) < 1:
+            raise ValueError(f"inconsistent kernel/strides/dilations/pads {values}")
+        return w
 
     def out_shape(self, padded: tuple[int, ...]) -> tuple[int, ...]:
         return tuple((s - d * (k - 1) - 1) // t + 1
@@ -434,7 +440,6 @@ def _pad_counts(bufs: dict, shape: tuple, window: _Window) -> np.ndarray:
         ones, _ = _pad_into({}, np.ones((1, 1) + shape[2:], np.float32), window.pads, 0.0, np.float32)
         view = window.view(ones)
         valid = view.sum(axis=tuple(range(2, 2 + len(window.kernel))))
-        bufs.clear() if False else None
         bufs[key] = (np.prod(window.kernel) / valid).astype(np.float32)
     return bufs[key]
 
@@ -637,20 +642,22 @@ def _read_npz(path: Path) -> tuple[dict, Env]:
     return graph, {k[len("init/"):]: v for k, v in arrays.items() if k.startswith("init/")}
 
 
-def _check_graph(graph: dict) -> None:
-    if not isinstance(graph, dict):
-        raise TypeError("graph is not an object")
-    for key in ("inputs", "outputs", "nodes"):
-        if not isinstance(graph.get(key), list):
-            raise KeyError(f"{key} must be a list")
+def _is_names(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(s, str) for s in v)
+
+
+def _check_graph(graph: object) -> None:
+    if not isinstance(graph, dict) or not all(isinstance(graph.get(k), list) for k in ("inputs", "outputs", "nodes")):
+        raise ValueError("graph must be an object with lists inputs, outputs and nodes")
     for v in graph["inputs"]:
-        if not isinstance(v.get("name"), str) or not all(isinstance(d, int) for d in v.get("shape")):
-            raise ValueError(f"bad input spec {v!r}")
+        if not (isinstance(v, dict) and isinstance(v.get("name"), str) and isinstance(v.get("shape"), list)
+                and all(isinstance(d, int) for d in v["shape"])):
+            raise ValueError(f"bad input spec {str(v)[:60]}")
+    if not _is_names(graph["outputs"]):
+        raise ValueError("outputs must be a list of names")
     for n in graph["nodes"]:
-        ok = (isinstance(n.get("op"), str) and isinstance(n.get("attrs", {}), dict)
-              and all(isinstance(n.get(k), list) and all(isinstance(s, str) for s in n[k])
-                      for k in ("inputs", "outputs")) and n["outputs"])
-        if not ok:
+        if not (isinstance(n, dict) and isinstance(n.get("op"), str) and isinstance(n.get("attrs", {}), dict)
+                and _is_names(n.get("inputs")) and _is_names(n.get("outputs")) and n["outputs"]):
             raise ValueError(f"bad node {str(n)[:60]}")
 
 
@@ -668,7 +675,7 @@ def _plan(graph: dict, ctx: _Ctx) -> list[tuple[_Node, Step, set[str]]]:
             raise BundleError(f"{ctx.path}: {node.label()} reads {missing[0]!r}, which no earlier node produces")
         try:
             step = builder(node, ctx)
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, OverflowError) as e:
             raise BundleError(f"{ctx.path}: {node.label()}: invalid node ({type(e).__name__}: {e})") from None
         known.update(node.outputs)
         if step is not None:
@@ -679,7 +686,7 @@ def _plan(graph: dict, ctx: _Ctx) -> list[tuple[_Node, Step, set[str]]]:
 def _reads(node: _Node, ctx: _Ctx, step: Step) -> set[str]:
     """Tensor names a step reads (fused steps read the quantized source, not the DequantizeLinear)."""
     reads = set(node.inputs)
-    src = getattr(step, "src", None) or getattr(step, "a", None)
+    src = getattr(step, "src", getattr(step, "a", None))
     if src is not None and node.input(0) in ctx.qacts and src == ctx.qacts[node.input(0)].source:
         reads = (reads - {node.input(0)}) | {src}
     return reads
@@ -728,7 +735,7 @@ class NumpyInterpreter:
         try:
             for node, step in self._steps:
                 step(self._env)
-        except (ValueError, IndexError, TypeError) as e:
+        except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError, OverflowError, MemoryError) as e:
             shapes = {k: list(np.shape(v)) for k, v in feeds.items()}
             raise BundleError(f"{self.path}: {node.label()} failed on input shapes {shapes} "
                               f"({type(e).__name__}: {e}): check the input against the bundle's spec") from None

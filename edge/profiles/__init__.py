@@ -152,6 +152,6 @@ def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> Profile:
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(f"{path}: unknown sections {unknown}; valid sections: {sorted(sections)}")
-    parts = {name: _section(globals()[kind], data.get(name), f"{path.name} [{name}]")
+    parts = {name: _section(globals()[kind], data.get(name), f"{path.name}: {name}")
              for name, kind in sections.items()}
     return _check(Profile(name=path.stem, **parts), path.name)

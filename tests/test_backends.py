@@ -1,0 +1,292 @@
+"""edge/backends: the numpy int8 interpreter agrees with onnxruntime; the registry picks and
+reports backends; LiteRT runs a real .tflite; memory stays flat over repeated runs.
+
+Tolerance for int8 models: numpy and onnxruntime outputs (dequantized `logits` and
+`embedding`) differ by at most OUTPUT_STEPS quantization steps of that output (its
+DequantizeLinear scale), and the argmax of the logits is the same on every input.
+Float models: rtol FLOAT_RTOL (plus a small atol for values near zero).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+from torch import nn  # noqa: E402
+
+import edge.backends as backends  # noqa: E402
+from edge.backends import litert, numpy_int8, onnxruntime as ort_backend  # noqa: E402
+from edge.backends.numpy_int8 import NumpyInterpreter  # noqa: E402
+from edge.backends.onnxruntime import OrtSession  # noqa: E402
+from edge.bundle import load_bundle, write_manifest  # noqa: E402
+from edge.errors import AvemoError, BundleError  # noqa: E402
+from distill.models.frontend import LogMelFrontEnd  # noqa: E402
+from tiny_models import (Head, make_audio_bundle, make_face_bundle, quantized_model, random_inputs,  # noqa: E402
+                               seeded, write_dense_tflite)
+
+N_INPUTS = 50
+OUTPUT_STEPS = 1.0
+FLOAT_RTOL, FLOAT_ATOL = 1e-4, 1e-5
+ROLES = {"logits": "logits", "embedding": "embedding"}
+
+
+class Pooled(nn.Module):
+    """body -> global average pool -> Head; the body decides which ops the graph holds."""
+
+    def __init__(self, body: nn.Module, channels: int, dims: int = 2) -> None:
+        super().__init__()
+        self.body = body
+        self.pool = nn.AdaptiveAvgPool2d(1) if dims == 2 else nn.AdaptiveAvgPool1d(1)
+        self.head = Head(channels, 5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.pool(self.body(x)).flatten(1))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int, gate: type[nn.Module]) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, 4, 1), nn.ReLU(), nn.Conv2d(4, c, 1), gate())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc(x)
+
+
+class Residual(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+class FrontEndNet(nn.Module):
+    """Float log-mel front end (Reshape/Slice/Concat/MatMul/Log) + a small conv head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frontend = LogMelFrontEnd()
+        self.body = nn.Sequential(nn.Conv1d(40, 8, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.head = Head(8, 5)
+
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.pool(self.body(self.frontend(wave).transpose(1, 2))).flatten(1))
+
+
+def _conv_stack() -> nn.Module:
+    return Pooled(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, 2, 1), nn.ReLU(),
+                                nn.MaxPool2d(2), Residual(12), nn.AvgPool2d(3, 1, 1, count_include_pad=False)), 12)
+
+
+def _depthwise() -> nn.Module:
+    return Pooled(nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU6(), nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.ReLU6(),
+                                nn.Conv2d(8, 16, 1), nn.ReLU6()), 16)
+
+
+def _squeeze_excite(gate: type[nn.Module]) -> nn.Module:
+    return Pooled(nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), SqueezeExcite(8, gate)), 8)
+
+
+def _hard_swish() -> nn.Module:
+    return Pooled(nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.Hardswish(), nn.Conv2d(8, 8, 3, 1, 2, dilation=2),
+                                nn.Hardswish()), 8)
+
+
+def _conv1d() -> nn.Module:
+    return Pooled(nn.Sequential(nn.Conv1d(4, 8, 5, 2, 2), nn.ReLU(), nn.Conv1d(8, 8, 3, 1, 2, dilation=2, groups=8),
+                                nn.ReLU(), nn.Conv1d(8, 12, 1), nn.ReLU()), 12, dims=1)
+
+
+def _gemm() -> nn.Module:
+    return nn.Sequential(nn.Linear(32, 24), nn.ReLU(), Head(24, 5))
+
+
+MODELS = {
+    "conv2d": (_conv_stack, (1, 1, 24, 24), {}),
+    "depthwise": (_depthwise, (1, 1, 24, 24), {}),
+    "se_sigmoid": (lambda: _squeeze_excite(nn.Sigmoid), (1, 1, 24, 24), {}),
+    "se_hardsigmoid": (lambda: _squeeze_excite(nn.Hardsigmoid), (1, 1, 24, 24), {}),
+    "hardswish": (_hard_swish, (1, 1, 24, 24), {}),
+    "conv1d": (_conv1d, (1, 4, 40), {}),
+    "gemm": (_gemm, (1, 32), {}),
+    "frontend": (FrontEndNet, (1, 3200), {"exclude_prefix": "/frontend/", "dynamic_time_axis": True, "scale": 0.1}),
+}
+OTHER_LENGTHS = {"frontend": (1600, 4800)}
+"""Models exported with a dynamic time axis also run at these input lengths."""
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model_case(request, tmp_path_factory):
+    build, shape, opts = MODELS[request.param]
+    paths = quantized_model(tmp_path_factory.mktemp(request.param), seeded(build), shape, **opts)
+    return request.param, shape, opts.get("scale", 1.0), paths
+
+
+def _output_scale(npz: Path, output: str) -> float:
+    with np.load(npz) as z:
+        graph = json.loads(z["__graph__"].tobytes())
+        node = next(n for n in graph["nodes"] if output in n["outputs"])
+        assert node["op"] == "DequantizeLinear", f"{output} is not a quantized output"
+        return float(z["init/" + node["inputs"][1]])
+
+
+def test_int8_numpy_matches_onnxruntime(model_case):
+    name, shape, scale, paths = model_case
+    interp, ort = NumpyInterpreter(paths["npz"]), OrtSession(paths["int8.onnx"], ROLES)
+    steps = {role: OUTPUT_STEPS * _output_scale(paths["npz"], role) for role in ROLES}
+    inputs = random_inputs(shape, N_INPUTS, seed=3, scale=scale)
+    inputs += [random_inputs((1, n), 1, seed=n, scale=scale)[0] for n in OTHER_LENGTHS.get(name, ())]
+    for x in inputs:
+        ours, ref = interp.run({"x": x}), ort.run({"x": x})
+        assert np.argmax(ours["logits"]) == np.argmax(ref["logits"]), name
+        for role, step in steps.items():
+            np.testing.assert_allclose(ours[role], ref[role], rtol=0, atol=step * 1.0001, err_msg=f"{name}/{role}")
+
+
+def test_float_numpy_matches_onnxruntime(model_case):
+    name, shape, scale, paths = model_case
+    interp, ort = NumpyInterpreter(paths["float.npz"]), OrtSession(paths["onnx"], ROLES)
+    for x in random_inputs(shape, 5, seed=4, scale=scale):
+        ours, ref = interp.run({"x": x}), ort.run({"x": x})
+        for role in ROLES:
+            np.testing.assert_allclose(ours[role], ref[role], rtol=FLOAT_RTOL, atol=FLOAT_ATOL, err_msg=name)
+
+
+def test_integer_path_is_planned(model_case):
+    """Every quantized Conv/Gemm/MatMul runs as an integer step (not dequantize-then-float)."""
+    name, _, _, paths = model_case
+    steps = [s for _, s in NumpyInterpreter(paths["npz"])._steps]
+    convs = [s for s in steps if isinstance(s, numpy_int8._Conv)]
+    dense = [s for s in steps if isinstance(s, numpy_int8._Dense)]
+    assert all(c.zero is not None for c in convs)
+    assert sum(d.weights is not None for d in dense) >= 2  # the head's two Gemms
+    assert all(d.weights is not None for d in dense) or name == "frontend"  # front-end MatMuls stay float
+
+
+def test_memory_stays_flat(model_case):
+    _, shape, scale, paths = model_case
+    interp = NumpyInterpreter(paths["npz"])
+    x = random_inputs(shape, 1, seed=5, scale=scale)[0]
+    for _ in range(3):
+        interp.run({"x": x})
+    tracemalloc.start()
+    try:  # gc.collect() also empties CPython's tuple/float free lists, which tracemalloc counts
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(200):
+            interp.run({"x": x})
+        gc.collect()
+        growth = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert growth < 64 * 1024, f"memory grew by {growth} bytes over 200 runs"
+
+
+def test_input_shape_mismatch_names_expected_and_got(model_case):
+    _, shape, _, paths = model_case
+    interp = NumpyInterpreter(paths["npz"])
+    bad = np.zeros((2,) + tuple(shape), np.float32)
+    with pytest.raises(BundleError, match=r"expects shape .* got"):
+        interp.run({"x": bad})
+    with pytest.raises(BundleError, match="missing"):
+        interp.run({"y": bad})
+
+
+# ---------------------------------------------------------------- registry and bundles
+
+@pytest.fixture(scope="module")
+def face_bundle(tmp_path_factory):
+    return load_bundle(make_face_bundle(tmp_path_factory.mktemp("bundles") / "face"))
+
+
+def test_auto_prefers_onnxruntime_then_follows_order(face_bundle):
+    assert backends.open_session(face_bundle).name == "onnxruntime"
+    assert backends.open_session(face_bundle, order=["numpy", "onnxruntime"]).name == "numpy"
+    assert backends.open_session(face_bundle, order=["litert", "numpy"]).name == "numpy"  # no tflite payload
+
+
+def test_backends_agree_on_a_bundle(face_bundle):
+    sessions = [backends.open_session(face_bundle, name) for name in ("numpy", "onnxruntime")]
+    for x in random_inputs(face_bundle.input_shape, 10, seed=8):
+        outs = [s.run({"face": x}) for s in sessions]
+        assert set(outs[0]) == set(outs[1]) == {"logits", "embedding"}
+        assert outs[0]["embedding"].shape == (1, face_bundle.embedding_dim)
+        assert np.argmax(outs[0]["logits"]) == np.argmax(outs[1]["logits"])
+
+
+def test_unknown_backend_names_the_choices(face_bundle):
+    with pytest.raises(AvemoError, match="unknown backend 'tensorrt'.*numpy"):
+        backends.open_session(face_bundle, "tensorrt")
+    with pytest.raises(AvemoError, match="unknown backend 'gpu'"):
+        backends.open_session(face_bundle, order=["gpu"])
+
+
+def test_missing_extra_names_the_pip_extra(face_bundle, monkeypatch):
+    monkeypatch.setattr(ort_backend, "available", lambda: False)
+    with pytest.raises(AvemoError, match=r"pip install avemo-edge\[ort\]"):
+        backends.open_session(face_bundle, "onnxruntime")
+    assert backends.open_session(face_bundle).name == "numpy"  # auto skips it
+    assert "onnxruntime" not in backends.installed_backends()
+
+
+def test_lazy_import_failure_names_the_pip_extra(face_bundle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    with pytest.raises(AvemoError, match=r"pip install avemo-edge\[ort\]"):
+        ort_backend.load(face_bundle)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(AvemoError, match=r"pip install avemo-edge\[litert\]"):
+        litert.LiteRTSession(Path("x.tflite"), "face", ROLES)
+
+
+def test_no_backend_with_payload(face_bundle):
+    with pytest.raises(BundleError, match="no backend"):
+        backends.open_session(face_bundle, order=["litert"])
+
+
+def test_litert_without_tflite_payload(face_bundle):
+    with pytest.raises(BundleError, match="no model.tflite payload"):
+        backends.open_session(face_bundle, "litert")
+
+
+def test_litert_runs_a_real_tflite(face_bundle, tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    folder = tmp_path / "face"
+    folder.mkdir()
+    for f in ("model.onnx", "model.int8.onnx", "model.npz"):
+        (folder / f).write_bytes((face_bundle.path / f).read_bytes())
+    rng = np.random.default_rng(0)
+    n_in = int(np.prod(face_bundle.input_shape))
+    heads = {role: (rng.standard_normal((n, n_in)).astype(np.float32), rng.standard_normal(n).astype(np.float32))
+             for role, n in (("logits", len(face_bundle.labels)), ("embedding", face_bundle.embedding_dim))}
+    write_dense_tflite(folder / "model.tflite", "face", face_bundle.input_shape, heads)
+    write_manifest(folder, face_bundle.manifest)
+    session = backends.open_session(load_bundle(folder), "litert")
+    x = rng.standard_normal(face_bundle.input_shape).astype(np.float32)
+    out = session.run({"face": x})
+    for role, (w, b) in heads.items():
+        np.testing.assert_allclose(out[role], x.reshape(1, -1) @ w.T + b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(BundleError, match="missing"):
+        session.run({"waveform": x})
+
+
+def test_audio_bundle_runs_on_both_backends(tmp_path_factory):
+    bundle = load_bundle(make_audio_bundle(tmp_path_factory.mktemp("bundles") / "audio"))
+    assert bundle.modality == "audio" and bundle.frontend is not None
+    n = int(bundle.window_s * bundle.frontend.sample_rate)
+    sessions = [backends.open_session(bundle, name) for name in ("numpy", "onnxruntime")]
+    for x in random_inputs((1, n), 5, seed=9, scale=0.1):
+        outs = [s.run({"waveform": x}) for s in sessions]
+        assert np.argmax(outs[0]["logits"]) == np.argmax(outs[1]["logits"])
+
+
+def test_numpy_backend_is_always_available():
+    assert numpy_int8.available() and "numpy" in backends.installed_backends()

@@ -1,0 +1,168 @@
+"""End-to-end: the `avemo-edge` command on real media, as a user runs it."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+
+from conftest import DEMO_WAV, PORTRAIT, SHARED_DATA  # noqa: E402
+
+CLI = [sys.executable, "-m", "edge.cli"]
+
+
+def run(*args, timeout=180):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def json_lines(stdout):
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def models(bundles):
+    return ["--audio-model", bundles["audio"], "--face-model", bundles["face"]]
+
+
+def frame_count(path):
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.grab():
+        n += 1
+    cap.release()
+    return n
+
+
+def test_video_with_speech_streams_both_modalities_and_overlay(bundles, speech_video, tmp_path):
+    out = tmp_path / "overlay.mp4"
+    p = run("run", "--video", speech_video, "--hop", "0.25", "--overlay", out, *models(bundles))
+    assert p.returncode == 0, p.stderr
+    lines = json_lines(p.stdout)
+    cap = cv2.VideoCapture(str(speech_video))
+    width, height = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    seconds = cap.get(cv2.CAP_PROP_FRAME_COUNT) / cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    # one line per hop over the media (its audio track may run a few frames past the video)
+    assert int(seconds / 0.25 + 1e-6) <= len(lines) <= int(seconds / 0.25 + 1e-6) + 1
+    ts = [r["t"] for r in lines]
+    assert ts == sorted(ts) and len(set(ts)) == len(ts) and ts[0] == 0.25
+    both = [r for r in lines if r["face"] and r["audio"] and r["audio"]["voiced"]]
+    assert len(both) >= len(lines) // 2, "audio and face should both be present on most hops"
+    for r in lines:
+        assert set(r) == {"t", "audio", "face", "fused", "latency_ms", "counters", "events"}
+        if r["face"]:
+            x, y, w, h = r["face"]["box"]
+            assert 0 <= x and 0 <= y and x + w <= width and y + h <= height
+        assert r["latency_ms"]["total"] > 0
+    assert frame_count(out) == frame_count(speech_video)
+    assert "hops; fused labels:" in p.stderr
+
+
+def test_audio_file_only(bundles):
+    p = run("run", "--audio", DEMO_WAV, *models(bundles))
+    assert p.returncode == 0, p.stderr
+    lines = json_lines(p.stdout)
+    assert lines and all(r["face"] is None for r in lines)
+    assert any(r["audio"]["voiced"] and r["fused"] for r in lines)
+
+
+def test_duration_and_pretty(bundles, speech_video):
+    p = run("run", "--video", speech_video, "--duration", "1.0", "--pretty", *models(bundles))
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("t=") and "fused:" in lines[0]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--audio", "missing.wav"], "missing.wav"),
+    (["run", "--video", "missing.mp4"], "missing.mp4"),
+    (["run", "--audio", DEMO_WAV, "--profile", "rpi3"], "valid profiles"),
+    (["run", "--audio", DEMO_WAV, "--audio-model", "/nonexistent/bundle"], "/nonexistent/bundle"),
+    (["run", "--audio", DEMO_WAV, "--mic"], "not both"),
+    (["run", "--audio", PORTRAIT], "portrait.jpg"),
+    (["eval", "--data", "/nonexistent"], "labels.csv"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, bundles):
+    if "--audio-model" not in args and args[0] == "run":
+        args = [*args, *models(bundles)]
+    if args[0] == "eval":
+        args = [*args, "--model", bundles["audio"]]
+    p = run(*args)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    err = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("avemo-edge: error:") and message in err[0], p.stderr
+
+
+def test_corrupt_bundle_is_named(bundles, tmp_path):
+    bad = tmp_path / "audio"
+    shutil.copytree(bundles["audio"] if Path(bundles["audio"]).is_dir() else
+                    Path(__file__).resolve().parents[1] / "edge" / "models" / "audio", bad)
+    (bad / "model.npz").write_bytes(b"not a zip")
+    p = run("run", "--audio", DEMO_WAV, "--audio-model", bad, "--backend", "numpy")
+    assert p.returncode == 2 and "model.npz" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_info_lists_backends_profiles_and_devices():
+    p = run("info", "--profile", "rpi4")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert "numpy" in info["backends_installed"]
+    assert info["profile"]["name"] == "rpi4"
+    assert "audio_input_devices" in info and "cameras" in info
+
+
+def _data_folder(tmp_path):
+    portrait = cv2.imread(str(PORTRAIT), cv2.IMREAD_GRAYSCALE)
+    face = cv2.resize(portrait[30:230, 130:330], (48, 48))
+    rows = ["path,label,speaker"]
+    for i, label in enumerate(["happy", "sad", "angry", "neutral"]):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), face)
+        rows.append(f"{i}.png,{label},s{i % 2}")
+    shutil.copy(DEMO_WAV, tmp_path / "talk.wav")
+    rows += ["talk.wav,happy,s0", "talk.wav,calm,s1", "talk.wav,boredom,s1"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def test_eval_face_writes_json_and_plot(bundles, tmp_path):
+    data = _data_folder(tmp_path)
+    p = run("eval", "--model", bundles["face"], "--data", data, "--json", tmp_path / "r.json",
+            "--plot", tmp_path / "cm.png")
+    assert p.returncode == 0, p.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert {"n", "accuracy", "uar", "macro_f1", "per_class", "confusion", "labels"} <= set(report)
+    assert report["n"] == 4 and "UAR=" in p.stdout
+    assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_audio_maps_and_reports_unknown_labels(bundles, tmp_path):
+    data = _data_folder(tmp_path)
+    p = run("eval", "--model", bundles["audio"], "--data", data, "--json", tmp_path / "r.json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n"] == 2  # happy, calm; boredom is left out and reported
+    assert report["label_mapping"]["left_out"] == {"boredom": 1}
+    assert "boredom" in p.stdout
+
+
+def test_eval_rejects_a_bad_labels_csv(bundles, tmp_path):
+    (tmp_path / "labels.csv").write_text("file,emotion\na.wav,happy\n")
+    p = run("eval", "--model", bundles["audio"], "--data", tmp_path)
+    assert p.returncode == 2 and "path" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "emodb_2s" / "labels.csv").is_file(), reason="needs ../shared/data")
+def test_eval_on_a_real_corpus_folder(bundles):
+    p = run("eval", "--model", bundles["audio"], "--data", SHARED_DATA / "emodb_2s", "--limit", "20")
+    assert p.returncode == 0, p.stderr
+    assert "n=" in p.stdout
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).with_name("avemo-edge")
+    assert exe.exists()
+    p = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "run" in p.stdout

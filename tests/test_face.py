@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+
+from edge.face import FaceCropper, FaceStage, HaarDetector, largest, square_crop_box, standardize_crops  # noqa: E402
+
+PORTRAIT = Path(__file__).resolve().parents[1] / "edge" / "assets" / "portrait.jpg"
+
+
+@pytest.fixture(scope="module")
+def portrait():
+    return cv2.imread(str(PORTRAIT))
+
+
+class CountingDetector:
+    def __init__(self, boxes):
+        self.boxes, self.calls = boxes, 0
+
+    def detect(self, gray):
+        self.calls += 1
+        return self.boxes
+
+
+def test_haar_finds_the_portrait_face(portrait):
+    boxes = HaarDetector().detect(cv2.cvtColor(portrait, cv2.COLOR_BGR2GRAY))
+    x, y, w, h = largest(boxes)
+    # the face of the NASA portrait is around (170-290, 60-190) in the 512 px image
+    assert 140 < x + w / 2 < 300 and 60 < y + h / 2 < 200 and 60 < w < 200
+
+
+def test_stage_crops_a_standardized_face(portrait):
+    stage = FaceStage(detect_every=1)
+    box = stage.process(portrait)
+    assert box is not None
+    x, y, w, h = box
+    assert x >= 0 and y >= 0 and x + w <= portrait.shape[1] and y + h <= portrait.shape[0]
+    assert stage.input.shape == (1, 1, 48, 48) and stage.input.dtype == np.float32
+    assert abs(stage.input.mean()) < 1e-3 and stage.input.std() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_detector_runs_every_nth_frame_and_box_is_reused(portrait):
+    det = CountingDetector([(10, 20, 100, 100), (0, 0, 30, 30)])
+    stage = FaceStage(det, detect_every=3)
+    buffer = stage.input
+    for _ in range(7):
+        assert stage.process(portrait) == (10, 20, 100, 100)  # the largest box
+    assert det.calls == 3  # frames 0, 3, 6
+    assert stage.input is buffer  # the same preallocated buffer
+
+
+def test_box_dropped_when_the_face_leaves(portrait):
+    det = CountingDetector([(10, 20, 100, 100)])
+    stage = FaceStage(det, detect_every=2, keep_frames=3)
+    assert stage.process(portrait) is not None
+    det.boxes = []
+    seen = [stage.process(portrait) for _ in range(6)]
+    assert seen[:2] == [(10, 20, 100, 100)] * 2 and seen[-1] is None
+
+
+def test_blank_frame_has_no_face():
+    assert FaceStage(detect_every=1).process(np.full((240, 320, 3), 127, np.uint8)) is None
+
+
+def test_gray_frames_are_accepted(portrait):
+    assert FaceStage(detect_every=1).process(cv2.cvtColor(portrait, cv2.COLOR_BGR2GRAY)) is not None
+
+
+def test_square_crop_box_is_clipped_to_the_frame():
+    assert square_crop_box((0, 0, 50, 30), (100, 200, 3), margin=0.1) == (0, 0, 60, 60)
+    x, y, w, h = square_crop_box((180, 80, 40, 40), (100, 200, 3), margin=0.5)
+    assert (w, h) == (80, 80) and x + w <= 200 and y + h <= 100
+
+
+def test_batch_standardize_matches_the_live_cropper():
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 255, (3, 48, 48), dtype=np.uint8)
+    crops[2] = 100  # flat crop: the std floor keeps it finite
+    batch = standardize_crops(crops)
+    cropper = FaceCropper()
+    for i in range(3):
+        assert np.allclose(cropper.standardize(crops[i])[0, 0], batch[i], atol=1e-5)
+    assert np.isfinite(batch).all()

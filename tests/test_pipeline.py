@@ -1,0 +1,106 @@
+import tracemalloc
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+
+from conftest import PORTRAIT  # noqa: E402
+from edge.pipeline import Pipeline  # noqa: E402
+from edge.profiles import load_profile  # noqa: E402
+from edge.ring import AudioRing, FrameRing  # noqa: E402
+from edge.settings import AUDIO  # noqa: E402
+
+SR = AUDIO.sample_rate
+
+
+def numpy_bytes(snapshot: tracemalloc.Snapshot) -> int:
+    """Bytes held by numpy array data (numpy traces them in its own tracemalloc domain)."""
+    only_numpy = tracemalloc.DomainFilter(inclusive=True, domain=np.lib.tracemalloc_domain)
+    return sum(stat.size for stat in snapshot.filter_traces([only_numpy]).statistics("filename"))
+
+
+def rss_kb() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return cv2.resize(cv2.imread(str(PORTRAIT)), (640, 480))
+
+
+@pytest.fixture()
+def pipe(bundles, frame):
+    p = Pipeline(load_profile("x86"), bundles["audio"], bundles["face"], backend="numpy")
+    p.use_frame_shape(frame.shape)
+    return p
+
+
+def rings(frame, seconds=3.0, amplitude=0.1):
+    audio = AudioRing(4 * SR)
+    rng = np.random.default_rng(0)
+    audio.write((amplitude * rng.standard_normal(int(seconds * SR))).astype(np.float32))
+    frames = FrameRing(4, frame.shape)
+    frames.write(frame, 3.0)
+    return audio, frames
+
+
+def test_one_hop_with_both_modalities(pipe, frame):
+    audio, frames = rings(frame)
+    r = pipe.step(3.0, audio, frames)
+    assert r.audio["voiced"] and set(r.audio["probs"]) == set(pipe.audio.labels)
+    assert sum(r.audio["probs"].values()) == pytest.approx(1.0, abs=1e-3)
+    x, y, w, h = r.face["box"]
+    assert 0 <= x and x + w <= frame.shape[1] and 0 <= y and y + h <= frame.shape[0]
+    assert r.fused["label"] in pipe.fusion.labels
+    assert {"ring", "vad", "audio", "face_detect", "face", "fusion", "total"} <= set(r.latency_ms)
+
+
+def test_silence_is_not_voiced_and_the_model_is_not_run(pipe, frame):
+    audio, frames = rings(frame, amplitude=0.0)
+    r = pipe.step(3.0, audio, frames)
+    assert r.audio["voiced"] is False and r.audio["probs"] is None
+    assert r.fused["label"] == r.face["label"] or r.fused is not None  # face alone carries fusion
+    assert pipe.fusion.weights["audio"] == 0
+
+
+def test_stale_or_missing_frames_mean_no_face(pipe, frame):
+    audio, frames = rings(frame)
+    assert pipe.step(10.0, audio, frames).face is None  # frame is 7 s old
+    assert pipe.step(3.0, audio, FrameRing(2, frame.shape)).face is None  # empty ring
+    assert pipe.step(3.0, audio, None).face is None
+
+
+def test_blank_view_has_no_face_but_audio_goes_on(pipe):
+    blank = np.full((480, 640, 3), 90, np.uint8)
+    audio, frames = rings(blank)
+    r = pipe.step(3.0, audio, frames)
+    assert r.face is None and r.audio["probs"] is not None and r.fused is not None
+
+
+def test_steady_state_allocates_nothing(pipe, frame):
+    """After warm-up, 200 hops add no numpy memory (tracemalloc) and RSS stays within 2 MB."""
+    audio, frames = rings(frame)
+    block = np.zeros(SR // 2, np.float32)
+    for i in range(20):
+        audio.write(block + 0.05 * np.sin(i))
+        frames.write(frame, 3.0 + i)
+        pipe.step(3.0 + i, audio, frames)
+    def hops(start, n):
+        for i in range(start, start + n):
+            audio.write(block)
+            frames.write(frame, 3.0 + i)
+            pipe.step(3.0 + i, audio, frames)
+
+    tracemalloc.start()
+    hops(20, 5)  # arrays alive between hops are now traced too
+    before = numpy_bytes(tracemalloc.take_snapshot())
+    base_rss = rss_kb()
+    hops(25, 200)
+    after = numpy_bytes(tracemalloc.take_snapshot())
+    tracemalloc.stop()
+    assert after - before <= 0, f"{after - before} bytes of numpy arrays kept after 200 hops"
+    assert rss_kb() - base_rss < 2048
