@@ -44,18 +44,21 @@ def onnx_to_npz(onnx_path: str | Path, npz_path: str | Path) -> None:
 
 
 def _topological(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Nodes ordered so every input is produced before use (stable for sorted graphs)."""
+    """Nodes ordered so every input is produced before use; a sorted graph keeps its order."""
     ready = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
     pending, ordered = list(graph.node), []
     while pending:
-        runnable = [n for n in pending if all(i in ready for i in n.input)]
-        if not runnable:
-            names = ", ".join(n.name or n.op_type for n in pending[:5])
+        waiting = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            names = ", ".join(n.name or n.op_type for n in waiting[:5])
             raise ValueError(f"graph has a cycle or undefined inputs at nodes: {names}")
-        for n in runnable:
-            ready.update(n.output)
-        ordered += runnable
-        pending = [n for n in pending if n not in runnable]
+        pending = waiting
     return ordered
 
 

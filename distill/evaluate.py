@@ -77,11 +77,12 @@ def evaluate_teacher(model: Teacher, data: TeacherData, device: str = "cpu") -> 
 
 def bundle_predictions(path: str | Path, items: Sequence[Item], cache_dir: str | None) -> tuple[str, list[str | None], tuple]:
     """(modality, predicted label per item or None, labels) for an exported bundle."""
+    from edge.backends import DEFAULT_ORDER
     from edge.bundle import load_bundle
     from edge.face import standardize_crops
     from edge.pipeline import Model
     bundle = load_bundle(path)
-    model = Model(bundle, backend="auto", backend_order=("onnxruntime", "numpy_int8"), threads=1)
+    model = Model(bundle, backend="auto", backend_order=DEFAULT_ORDER, threads=1)
     hop = bundle.frontend.hop if bundle.frontend else 1
     if bundle.modality == "audio":
         idx = [i for i, it in enumerate(items) if it.audio]

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from distill.export import agreement, frontend_node_names, quantize_int8, write_bundle
-from edge.bundle import MANIFEST, load_bundle, write_manifest
+from edge.bundle import FORMAT, MANIFEST, load_bundle, write_manifest
 from edge.errors import ConfigError
 
 _LOGGER = logging.getLogger(__name__)
@@ -95,15 +95,24 @@ def to_fp16(float_path: str | Path, out_path: str | Path) -> Path:
 
 def quantize_model(float_path: str | Path, out_dir: str | Path, scheme: QuantScheme,
                    calib: list[np.ndarray], input_name: str) -> Path:
-    """Write the payload `scheme` asks for into `out_dir`: model.int8.onnx or model.fp16 (as model.onnx)."""
+    """Write the payload `scheme` asks for into `out_dir`: model.int8.onnx, or model.onnx in float16."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if scheme.scheme == "fp16":
         return to_fp16(float_path, out_dir / "model.onnx")
-    return quantize_int8(float_path, out_dir / "model.int8.onnx", calib, input_name,
+    path = quantize_int8(float_path, out_dir / "model.int8.onnx", calib, input_name,
                          per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
                          symmetric_activations=scheme.symmetric,
                          nodes_to_exclude=float_prefix_nodes(float_path))
+    return strip_value_info(path)
+
+
+def strip_value_info(path: Path) -> Path:
+    """Drop the intermediate shape annotations shape inference left (they are ~4 % of a small model)."""
+    model = onnx.load(str(path))
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
+    return path
 
 
 def make_bundle(float_path: str | Path, out_dir: str | Path, scheme: QuantScheme, calib: list[np.ndarray],
@@ -131,7 +140,8 @@ def _fp16_bundle(float_path: str | Path, out_dir: Path, scheme: QuantScheme, man
     out_dir.mkdir(parents=True)
     shutil.copyfile(tmp / "model.onnx", out_dir / "model.onnx")
     keep = {k: v for k, v in manifest.items() if k not in ("files", "agreement", "quantization")}
-    write_manifest(out_dir, {**keep, "quantization": scheme.manifest(), "agreement": {}})
+    base = {"format": FORMAT, "version": "1.0.0", "outputs": {"logits": "logits", "embedding": "embedding"}}
+    write_manifest(out_dir, {**base, **keep, "quantization": scheme.manifest(), "agreement": {}})
     load_bundle(out_dir)
     return out_dir
 

@@ -45,7 +45,7 @@ TEST_ACTORS = ("Actor_19", "Actor_20")
 FER_TEST, FER_VAL = 0.10, 0.05
 TRIM_DB = 40.0
 """Leading/trailing hops quieter than peak - TRIM_DB are cut (an offline VAD)."""
-AUDIO_CFG = FitConfig(epochs=100, batch=32, lr=3e-3)
+AUDIO_CFG = FitConfig(epochs=70, batch=32, lr=3e-3)
 FACE_CFG = FitConfig(epochs=14, batch=128, lr=4e-3, weight_decay=1e-3)
 
 

@@ -29,7 +29,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -39,10 +38,11 @@ import torch.nn.functional as F
 
 from distill.data import Item, load_corpus, read_split, speaker_folds, split_by_speaker, write_split
 from distill.data.batches import TeacherData, Unit, collate, prepare, window_samples
+from distill.data.items import EXTRA_LABELS
 from distill.losses import hgr_three_way
 from distill.models.teacher import Teacher, TeacherConfig, read_checkpoint, save_teacher
 from edge.errors import AvemoError
-from edge.settings import AUDIO, LABELS
+from edge.settings import LABELS
 
 def base_units(data: TeacherData) -> list[Unit]:
     """Every item as a unit; unlabeled unimodal items are left out (they carry no loss)."""
@@ -89,8 +89,8 @@ def batch_loss(model: torch.nn.Module, batch: dict, hgr_weight: float) -> tuple[
     y = batch["y"]
     out = model(batch.get("wave"), batch.get("faces"), y)
     mask = y >= 0
-    ce = sum((F.cross_entropy(out[k][mask], y[mask]) for k in out if k.endswith("logits")), torch.zeros(()))
-    ce = ce if mask.any() else ce * 0.0
+    heads = [k for k in out if k.endswith("logits")] if bool(mask.any()) else []
+    ce = sum((F.cross_entropy(out[k][mask], y[mask]) for k in heads), torch.zeros((), device=y.device))
     hgr = hgr_three_way(out.get("audio_emb"), out.get("face_emb"), out["label_emb"], mask) if hgr_weight else ce * 0.0
     return ce - hgr_weight * hgr, {"ce": float(ce.detach()), "hgr": float(hgr.detach())}
 
@@ -147,8 +147,9 @@ def make_split(items: list[Item], args: argparse.Namespace) -> dict[str, list[st
 
 
 def model_labels(items: Sequence[Item]) -> tuple[str, ...]:
+    """The labels present in the training items, in canonical order."""
     present = {it.label for it in items if it.label}
-    return tuple(label for label in LABELS if label in present)
+    return tuple(label for label in (*LABELS, *EXTRA_LABELS) if label in present)
 
 
 def describe(items: Sequence[Item], args: argparse.Namespace, n_hidden: int) -> dict:
@@ -244,7 +245,7 @@ class Run:
             loss.backward()
             self.opt.step()
             steps += 1
-            for k, v in {"loss": float(loss), **parts}.items():
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
                 sums[k] += v
         return {"lr": lr, "steps": steps, **{k: v / max(1, steps) for k, v in sums.items()}}
 

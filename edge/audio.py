@@ -15,10 +15,10 @@ Errors: `MediaError` names the file and the problem; `DeviceError` names the dev
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 import shutil
 import struct
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,7 @@ class StreamResampler:
         self.sr_in, self.sr_out, self.max_block = int(sr_in), int(sr_out), int(max_block)
         self.table, self.up, self.down, self.half = _filter_table(self.sr_in, self.sr_out)
         taps = 2 * self.half
-        max_out = max_block * self.up // self.down + 2
+        self.max_out = max_out = max_block * self.up // self.down + 2
         self._hist = np.zeros(2 * (taps + max_block) + max_block, np.float32)
         self._n_hist = self.half - 1  # zeros standing for the samples before the first one
         self._g0 = -(self.half - 1)  # global index of _hist[0]
@@ -138,7 +138,7 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
         return x.copy()
     rs = StreamResampler(sr_in, sr_out, _OFFLINE_CHUNK)
     n_out = -(-len(x) * rs.up // rs.down)
-    out = np.empty(n_out + 2 * _OFFLINE_CHUNK, np.float32)
+    out = np.empty(n_out + rs.max_out, np.float32)
     filled = 0
     tail = np.zeros(2 * rs.half + 1, np.float32)
     for start in range(0, len(x), _OFFLINE_CHUNK):
@@ -320,7 +320,8 @@ def list_audio_devices() -> list[dict]:
 class MicSource:
     """Microphone -> 16 kHz mono -> AudioRing, from the sounddevice callback thread.
 
-    `device` is an index, a (sub)string of the device name, or None for the default input.
+    `device` is an index (int or digit string), a (sub)string of the device name, or None for
+    the default input.
     The device is opened at its default rate with one channel when it allows that, else with
     all of its channels (averaged to mono). PortAudio input overflows are counted in
     `overflows`; errors inside the callback are counted in `errors`, never raised.
@@ -328,7 +329,7 @@ class MicSource:
 
     def __init__(self, ring: AudioRing, device: int | str | None = None, block_s: float = 0.02) -> None:
         self.ring = ring
-        self.device = device
+        self.device = int(device) if isinstance(device, str) and device.strip().isdigit() else device
         self.block_s = block_s
         self.overflows = 0
         self.errors = 0
@@ -373,7 +374,7 @@ class MicSource:
         except (ValueError, sd.PortAudioError):
             return int(info["max_input_channels"])
 
-    def _callback(self, indata: np.ndarray, frames: int, time, status) -> None:
+    def _callback(self, indata: np.ndarray, frames: int, _time, status) -> None:
         if status.input_overflow:
             self.overflows += 1
         try:

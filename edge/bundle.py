@@ -92,7 +92,10 @@ def load_bundle(path_or_name: str | Path) -> Bundle:
     folder = _resolve(path_or_name)
     manifest = _read_manifest(folder / MANIFEST)
     _check_fields(folder / MANIFEST, manifest)
-    _check_files(folder, manifest["files"])
+    try:
+        _check_files(folder, manifest["files"])
+    except OSError as e:
+        raise BundleError(f"{e.filename}: cannot read payload ({e.strerror}): check file permissions") from None
     return _build(folder, manifest)
 
 
@@ -114,7 +117,9 @@ def _read_manifest(path: Path) -> dict:
         raise BundleError(f"{path}: manifest missing: a bundle folder needs a {MANIFEST}; {_REEXPORT}")
     try:
         manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read manifest ({e.strerror}): check file permissions") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BundleError(f"{path}: not valid UTF-8 JSON ({e}): {_REEXPORT}") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{path}: manifest must be a JSON object, got {type(manifest).__name__}: {_REEXPORT}")

@@ -117,6 +117,8 @@ class CameraSource:
 
     def __init__(self, ring: FrameRing, spec: int | str, fps_cap: float = 15.0,
                  reconnect_s: float = 1.0) -> None:
+        if fps_cap <= 0 or reconnect_s <= 0:
+            raise ValueError(f"fps_cap and reconnect_s must be > 0, got {fps_cap}, {reconnect_s}")
         self.ring = ring
         self.spec = _camera_spec(spec)
         self.is_file = isinstance(self.spec, str) and "://" not in self.spec
@@ -159,14 +161,21 @@ class CameraSource:
         while not self._stop.is_set() and not self.finished:
             if self._cap is None and not self._reconnect():
                 continue
-            ok, frame = self._cap.read()
+            ok, frame, why = self._read()
             if ok:
                 self._deliver(frame)
             else:
-                self._lose("end of file" if self.is_file else "no frame from the stream")
+                self._lose(why)
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+    def _read(self) -> tuple[bool, np.ndarray | None, str]:
+        try:
+            ok, frame = self._cap.read()
+        except Exception as e:  # a decoder error must not end the thread
+            return False, None, f"read failed: {e}"
+        return ok, frame, "end of file" if self.is_file else "no frame from the stream"
 
     def _lose(self, why: str) -> None:
         self._cap.release()
@@ -195,7 +204,7 @@ class CameraSource:
         period = 1.0 / self.fps_cap
         if now < self._next_due - 0.25 * period:
             return
-        self._next_due = max(self._next_due + period, now)
+        self._next_due = max(self._next_due, now - 0.25 * period) + period
         try:
             fitted = fit_frame(frame, self._frame)
         except MediaError:
@@ -218,19 +227,7 @@ class VideoFileReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise MediaError(f"{self.path}: no such video file")
-        cap = self._open()
-        cv2 = _cv2()
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if fps > 0 and math.isfinite(fps) else _FALLBACK_FPS
-        self.n_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        ok, first = cap.read()
-        if not ok or first is None or first.size == 0:
-            cap.release()
-            raise MediaError(f"{self.path}: contains no readable video frames")
-        self.frame_shape = (first.shape[0], first.shape[1], 3)
-        if self.n_frames <= 0:
-            self.n_frames = 1 + self._count(cap)
-        cap.release()
+        self.fps, self.n_frames, self.frame_shape = self._probe()
         self._cap = None
         self._cur = np.zeros(self.frame_shape, np.uint8)
         self._next = np.zeros(self.frame_shape, np.uint8)
@@ -238,6 +235,21 @@ class VideoFileReader:
         self._next_t: float | None = None
         self._index = 0
         self._rewind()
+
+    def _probe(self) -> tuple[float, int, tuple[int, int, int]]:
+        cv2, cap = _cv2(), self._open()
+        try:
+            fps = cap.get(cv2.CAP_PROP_FPS)
+            n_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            ok, first = cap.read()
+            if not ok or first is None or first.size == 0:
+                raise MediaError(f"{self.path}: contains no readable video frames")
+            if n_frames <= 0:
+                n_frames = 1 + self._count(cap)
+        finally:
+            cap.release()
+        fps = fps if fps > 0 and math.isfinite(fps) else _FALLBACK_FPS
+        return fps, n_frames, (first.shape[0], first.shape[1], 3)
 
     @property
     def duration(self) -> float:

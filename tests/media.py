@@ -23,6 +23,15 @@ import numpy as np
 import pytest
 
 PORTRAIT = Path(__file__).resolve().parents[1] / "edge" / "assets" / "portrait.jpg"
+SHARED_DATA = Path(os.environ.get("AVEMO_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def shared_data(corpus: str) -> Path:
+    """A research corpus folder under ../shared/data (or $AVEMO_DATA); skip when absent."""
+    folder = SHARED_DATA / corpus
+    if not (folder / "labels.csv").is_file():
+        pytest.skip(f"{folder} not present (research corpora are never shipped)")
+    return folder
 
 
 def need(*tools: str) -> None:

@@ -152,6 +152,23 @@ def test_int8_numpy_matches_onnxruntime(model_case):
             np.testing.assert_allclose(ours[role], ref[role], rtol=0, atol=step * 1.0001, err_msg=f"{name}/{role}")
 
 
+@pytest.mark.parametrize("scheme", [{"symmetric_activations": True}, {"reduce_range": True}])
+def test_other_quantization_schemes(scheme, tmp_path):
+    """Jetson/TensorRT (int8 activations, zero point 0) and x86-without-VNNI (reduce_range)."""
+    paths = quantized_model(tmp_path, seeded(_depthwise), (1, 1, 24, 24), **scheme)
+    if scheme.get("symmetric_activations"):
+        with np.load(paths["npz"]) as z:
+            graph = json.loads(z["__graph__"].tobytes())
+            zeros = [z["init/" + n["inputs"][2]] for n in graph["nodes"] if n["op"] == "QuantizeLinear"]
+        assert zeros and all(zp.dtype == np.int8 and not zp.any() for zp in zeros)
+    interp, ort = NumpyInterpreter(paths["npz"]), OrtSession(paths["int8.onnx"], ROLES)
+    step = _output_scale(paths["npz"], "logits")
+    for x in random_inputs((1, 1, 24, 24), 10, seed=6):
+        ours, ref = interp.run({"x": x}), ort.run({"x": x})
+        assert np.argmax(ours["logits"]) == np.argmax(ref["logits"])
+        np.testing.assert_allclose(ours["logits"], ref["logits"], rtol=0, atol=OUTPUT_STEPS * step * 1.0001)
+
+
 def test_float_numpy_matches_onnxruntime(model_case):
     name, shape, scale, paths = model_case
     interp, ort = NumpyInterpreter(paths["float.npz"]), OrtSession(paths["onnx"], ROLES)

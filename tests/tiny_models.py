@@ -84,15 +84,16 @@ def random_inputs(shape: Sequence[int], n: int, seed: int = 0, scale: float = 1.
 
 def quantized_model(folder: Path, model: nn.Module, shape: Sequence[int], *, input_name: str = "x",
                     n_calib: int = 16, exclude_prefix: str | None = None, dynamic_time_axis: bool = False,
-                    scale: float = 1.0) -> dict[str, Path]:
-    """Export, quantize (QDQ, per-channel, calibrated on seeded noise) and convert one model.
+                    scale: float = 1.0, **scheme: bool) -> dict[str, Path]:
+    """Export, quantize (QDQ, per-channel, calibrated on seeded noise; `scheme`: quantize_int8's
+    reduce_range / symmetric_activations) and convert one model.
     Returns {"onnx", "int8.onnx", "npz", "float.npz"} paths inside `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     example = torch.from_numpy(random_inputs(shape, 1, seed=99, scale=scale)[0])
     float_path = export_onnx(model, example, folder / "model.onnx", input_name, dynamic_time_axis=dynamic_time_axis)
     exclude = frontend_node_names(float_path, prefix=exclude_prefix) if exclude_prefix else None
     int8_path = quantize_int8(float_path, folder / "model.int8.onnx", random_inputs(shape, n_calib, scale=scale),
-                              input_name, nodes_to_exclude=exclude)
+                              input_name, nodes_to_exclude=exclude, **scheme)
     onnx_to_npz(int8_path, folder / "model.npz")
     onnx_to_npz(float_path, folder / "float.npz")
     return {"onnx": float_path, "int8.onnx": int8_path, "npz": folder / "model.npz",

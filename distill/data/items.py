@@ -46,13 +46,18 @@ class Item:
         return self.video is not None or self.image is not None
 
 
+EXTRA_LABELS = ("boredom", "contempt")
+"""Emotions some corpora label outside LABELS (EmoDB: boredom). Kept as they are; a model
+that lacks them leaves them out at evaluation (edge.evaluate.score), never guesses."""
+
+
 def canonical_label(raw: str) -> str | None:
     """Canonical spelling of `raw`, or None if it is not an emotion label we know.
 
     'calm' stays 'calm' (it is canonical); only non-canonical spellings are aliased.
     """
     name = raw.strip().lower()
-    if name in LABELS:
+    if name in LABELS or name in EXTRA_LABELS:
         return name
     return LABEL_ALIASES.get(name)
 

@@ -3,16 +3,19 @@
 AudioStudent (Wav2Small-style), <= 100K parameters:
   In:  waveform float32 [B, T] (16 kHz, T a multiple of hop; the runtime feeds 2.0 s).
   -> `frontend` (LogMelFrontEnd, fixed weights) -> log-mel [B, F, n_mels]
-  -> per-utterance normalization: (x - mean_t) / sqrt(var_t + eps) per mel band
+  -> per-utterance normalization: (x - mean) / sqrt(var + eps) over all frames and bands
   -> 4 x (Conv3x3 + BatchNorm + ReLU [+ MaxPool 2x2]) on the [F, n_mels] image
-  -> global average pool -> `embedding` Linear (D = 32) -> ReLU -> Linear -> logits.
+  -> mean over time only (a global pool would make the net blind to where energy sits on
+     the mel axis: pitch, formants, tilt) -> flatten [C * bands] -> `embedding` Linear
+     (D = 32) -> ReLU -> Linear -> logits.
 FaceStudent (MobileNetV2-style, ReLU6 only, no hard-swish, no squeeze-excite), <= 500K:
   In:  face float32 [B, 1, S, S], S = 48, crop standardized per crop (edge/settings.FACE).
   -> stem Conv3x3 stride 2 -> inverted residual blocks (1x1 expand, 3x3 depthwise, 1x1 project,
      Add when shapes match) -> 1x1 Conv -> global average pool -> `embedding` -> logits.
 Both: forward(x) -> (logits [B, n_labels], embedding [B, 32]). `fold_batchnorm(model)`
 returns an eval-mode copy with every BatchNorm merged into the conv before it, so the
-exported graph is Conv/Relu/Clip/MaxPool/Add/GlobalAveragePool/Gemm: integer end to end.
+exported graph is Conv/Relu/Clip/MaxPool/Add/GlobalAveragePool/Gemm (audio: one ReduceMean
+over time before the head): integer end to end.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from distill.models.frontend import LogMelFrontEnd
 from edge.settings import AUDIO, AudioFrontEnd
 
 EMBEDDING_DIM = 32
-AUDIO_CHANNELS = (16, 32, 64, 96)
+AUDIO_CHANNELS = (16, 32, 48, 96)
 FACE_BLOCKS = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 3, 2), (4, 64, 3, 2), (4, 96, 2, 1),
                (4, 128, 1, 2))
 """Inverted residual stages: (expansion t, out channels c, repeats n, first stride s)."""
@@ -43,15 +46,17 @@ def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
 
 
 class UtteranceNorm(nn.Module):
-    """Per-utterance, per-band standardization of [B, F, M] over the time axis F."""
+    """Per-utterance standardization of a log-mel [B, F, M] by one mean and one variance over
+    all frames and bands: removes gain, keeps the spectral shape (a per-band version would
+    erase every stationary cue, e.g. the long-term spectral tilt)."""
 
     def __init__(self, eps: float = 1e-3) -> None:
         super().__init__()
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centered = x - x.mean(dim=1, keepdim=True)
-        return centered / torch.sqrt((centered * centered).mean(dim=1, keepdim=True) + self.eps)
+        centered = x - x.mean(dim=(1, 2), keepdim=True)
+        return centered / torch.sqrt((centered * centered).mean(dim=(1, 2), keepdim=True) + self.eps)
 
 
 class EmbeddingHead(nn.Module):
@@ -84,12 +89,12 @@ class AudioStudent(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             cin = cout
         self.body = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = EmbeddingHead(cin, n_labels, dropout)
+        n_bands = fe.n_mels // 2 ** (len(channels) - 1)
+        self.head = EmbeddingHead(cin * n_bands, n_labels, dropout)
 
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.norm(self.frontend(wave)).unsqueeze(1)
-        return self.head(self.pool(self.body(x)).flatten(1))
+        return self.head(self.body(x).mean(dim=2).flatten(1))
 
 
 class InvertedResidual(nn.Module):

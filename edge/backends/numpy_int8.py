@@ -18,6 +18,7 @@ out=), so memory stays flat over any number of runs. Buffers are per step and ne
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,13 +308,21 @@ class _Conv:
         padded, inner = _pad_into(b, x, self.window.pads, 0.0, w.dtype)
         if self.zero:
             np.subtract(inner, self.zero, out=inner)
-        view = self.window.view(padded)
-        cols = _buf(b, "cols", view.shape, w.dtype)
-        np.copyto(cols, view)
-        n, g, out_sp = x.shape[0], w.shape[0], view.shape[2 + len(self.window.kernel):]
-        acc = _buf(b, "acc", (n, g, w.shape[1], int(np.prod(out_sp))), w.dtype)
+        cols, out_sp = self._im2col(padded)
+        n, g = x.shape[0], w.shape[0]
+        acc = _buf(b, "acc", (n, g, w.shape[1], math.prod(out_sp)), w.dtype)
         np.matmul(w, cols.reshape(n, g, w.shape[2], -1), out=acc)
         env[self.dst] = _epilogue(b, acc.reshape((n, g * w.shape[1]) + out_sp), self.mult, self.bias)
+
+    def _im2col(self, padded: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+        """Columns [N, C, *kernel, *out] in a kept buffer; a 1x1 stride-1 conv uses the input as is."""
+        win = self.window
+        if all(v == 1 for v in win.kernel + win.strides) and not any(win.pads):
+            return padded, padded.shape[2:]
+        view = win.view(padded)
+        cols = _buf(self.bufs, "cols", view.shape, self.weights.dtype)
+        np.copyto(cols, view)
+        return cols, view.shape[2 + len(win.kernel):]
 
 
 def _epilogue(bufs: dict, acc: np.ndarray, mult: np.ndarray | None, bias: np.ndarray | None) -> np.ndarray:
@@ -355,7 +364,7 @@ def _op_conv(node: _Node, ctx: _Ctx) -> Step:
 
 @dataclass
 class _Dense:
-    a: str
+    src: str
     b: str  # weight name (read from env: constants live there too)
     dst: str
     trans_a: bool
@@ -367,7 +376,7 @@ class _Dense:
     bufs: dict = field(default_factory=dict)
 
     def __call__(self, env: Env) -> None:
-        a = env[self.a]
+        a = env[self.src]
         a = a.swapaxes(-1, -2) if self.trans_a else a
         if self.weights is not None:
             xf = _buf(self.bufs, "x", a.shape, self.weights.dtype)
@@ -377,7 +386,9 @@ class _Dense:
             w = env[self.b]
         shape = np.broadcast_shapes(a.shape[:-2], w.shape[:-2]) + (a.shape[-2], w.shape[-1])
         acc = np.matmul(a, w, out=_buf(self.bufs, "acc", shape, a.dtype))
-        bias = env[self.bias] * np.float32(self.beta) if self.bias else None
+        bias = env[self.bias] if self.bias else None
+        if bias is not None and self.beta != 1.0:
+            bias = np.multiply(bias, self.beta, out=_buf(self.bufs, "c", bias.shape))
         env[self.dst] = _epilogue(self.bufs, acc, self.mult, bias)
 
 
@@ -678,7 +689,9 @@ def _plan(graph: dict, ctx: _Ctx) -> list[tuple[_Node, Step, set[str]]]:
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, OverflowError) as e:
             raise BundleError(f"{ctx.path}: {node.label()}: invalid node ({type(e).__name__}: {e})") from None
         known.update(node.outputs)
-        if step is not None:
+        if step is not None and all(n in ctx.consts for n in node.inputs if n):
+            step(ctx.consts)  # constant folding: the outputs become constants
+        elif step is not None:
             plan.append((node, step, _reads(node, ctx, step)))
     return plan
 
@@ -686,7 +699,7 @@ def _plan(graph: dict, ctx: _Ctx) -> list[tuple[_Node, Step, set[str]]]:
 def _reads(node: _Node, ctx: _Ctx, step: Step) -> set[str]:
     """Tensor names a step reads (fused steps read the quantized source, not the DequantizeLinear)."""
     reads = set(node.inputs)
-    src = getattr(step, "src", getattr(step, "a", None))
+    src = getattr(step, "src", None)  # set by _Conv and _Dense
     if src is not None and node.input(0) in ctx.qacts and src == ctx.qacts[node.input(0)].source:
         reads = (reads - {node.input(0)}) | {src}
     return reads

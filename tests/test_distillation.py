@@ -1,0 +1,105 @@
+"""distill/distillation.py: augmentation, windows, losses and a tiny end-to-end fit on synthetic arrays."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from distill.distillation import (Arrays, FitConfig, audio_batch, audio_windows, augment_audio,  # noqa: E402
+                                  class_weights, face_batch, fit, predict, standardize_faces, student_loss,
+                                  window_samples)
+from distill.models.students import AudioStudent, FaceStudent  # noqa: E402
+from edge.settings import AUDIO, FACE  # noqa: E402
+
+LABELS = ["low", "high"]
+
+
+def tone_corpus(n: int, seed: int) -> Arrays:
+    """Two classes: a 300 Hz or a 2500 Hz tone, 2.0-2.6 s long, random phase and level."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(int(2.0 * AUDIO.sample_rate), int(2.6 * AUDIO.sample_rate), n)
+    x = np.zeros((n, lengths.max()), np.float32)
+    y = np.arange(n) % 2
+    for i, (length, label) in enumerate(zip(lengths, y)):
+        t = np.arange(length) / AUDIO.sample_rate
+        x[i, :length] = rng.uniform(0.05, 0.5) * np.sin(2 * np.pi * (300, 2500)[label] * t + rng.uniform(0, 6))
+    return Arrays(x=x, y=y.astype(np.int64), lengths=lengths)
+
+
+def test_audio_windows_cover_the_utterance():
+    n = window_samples()
+    assert n == 32000
+    wave = np.arange(50000, dtype=np.float32)
+    w = audio_windows(wave, 50000)
+    assert w.shape[1] == n and w[0, 0] == 0 and w[-1, -1] == 49999
+    short = audio_windows(wave, 1000)
+    assert short.shape == (1, n) and short[0, 999] == 999 and not short[0, 1000:].any()
+
+
+def test_audio_batch_shapes_and_range():
+    data = tone_corpus(6, 0)
+    batch = audio_batch(data, np.arange(6), np.random.default_rng(0))
+    assert batch.shape == (6, window_samples())
+    assert float(batch.abs().max()) <= 1.0 and float(batch.std()) > 0
+
+
+def test_augment_audio_changes_the_signal_but_not_its_shape():
+    wave = torch.from_numpy(tone_corpus(4, 1).x[:, :16000])
+    out = augment_audio(wave, np.random.default_rng(3))
+    assert out.shape == wave.shape and not torch.allclose(out, wave)
+
+
+def test_face_batch_is_standardized_per_crop():
+    rng = np.random.default_rng(0)
+    faces = Arrays(x=rng.uniform(0, 255, (5, 1, FACE.size, FACE.size)).astype(np.float32), y=np.zeros(5, np.int64))
+    batch = face_batch(faces, np.arange(5), rng)
+    assert batch.shape == (5, 1, FACE.size, FACE.size)
+    assert torch.allclose(batch.mean(dim=(1, 2, 3)), torch.zeros(5), atol=1e-3)
+    flat = standardize_faces(torch.full((1, 1, 4, 4), 100.0))
+    assert torch.all(flat == 0)                      # std floor: a flat crop stays finite
+
+
+def test_class_weights_balance_counts():
+    w = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert w[1] == pytest.approx(3 * w[0]) and w[2] == 0 and w[:2].mean() == pytest.approx(1.0)
+
+
+def test_kd_terms_only_with_teacher_and_kd():
+    torch.manual_seed(0)
+    logits, emb = torch.randn(4, 2), torch.randn(4, 32)
+    y = torch.tensor([0, 1, 0, 1])
+    data = Arrays(x=np.zeros((4, 10), np.float32), y=y.numpy(), lengths=np.full(4, 10),
+                  teacher_logits=np.array([[5, -5]] * 4, np.float32), teacher_emb=np.ones((4, 32), np.float32))
+    w, idx = torch.ones(2), np.arange(4)
+    plain = student_loss(logits, emb, y, Arrays(x=data.x, y=data.y, lengths=data.lengths), idx, w, FitConfig())
+    no_kd = student_loss(logits, emb, y, data, idx, w, FitConfig(kd=False))
+    with_kd = student_loss(logits, emb, y, data, idx, w, FitConfig())
+    assert float(no_kd) == pytest.approx(float(plain))
+    assert float(with_kd) > float(plain) + 0.5       # the embedding MSE alone is ~2
+
+
+def test_tiny_audio_fit_learns_and_keeps_best_epoch():
+    torch.set_num_threads(1)
+    train, val = tone_corpus(48, 1), tone_corpus(8, 2)
+    torch.manual_seed(0)
+    model = AudioStudent(n_labels=2, channels=(8, 16))
+    cfg = FitConfig(epochs=8, batch=8, lr=5e-3, seed=0)
+    model, history = fit(model, train, val, LABELS, cfg, log=lambda s: None)
+    assert len(history) == 8 and not model.training
+    assert max(h["val_uar"] for h in history) >= 0.75
+    probs = predict(model, val)
+    assert probs.shape == (8, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert np.mean(probs.argmax(1) == val.y) == pytest.approx(max(h["val_accuracy"] for h in history
+                                                                  if h["val_uar"] == max(g["val_uar"] for g in history)))
+
+
+def test_tiny_face_fit_with_teacher_targets_runs():
+    rng = np.random.default_rng(0)
+    n = 16
+    x = rng.uniform(0, 255, (n, 1, FACE.size, FACE.size)).astype(np.float32)
+    y = (np.arange(n) % 2).astype(np.int64)
+    x[y == 1, :, :24] += 80                         # class 1 has a bright top half
+    data = Arrays(x=x, y=y, teacher_logits=rng.standard_normal((n, 2)).astype(np.float32),
+                  teacher_emb=rng.standard_normal((n, 32)).astype(np.float32))
+    model = FaceStudent(n_labels=2, blocks=((1, 8, 1, 1), (2, 16, 1, 2)), stem=8, head=32)
+    model, history = fit(model, data, Arrays(x=x, y=y), LABELS, FitConfig(epochs=2, batch=8), log=lambda s: None)
+    assert len(history) == 2 and np.isfinite(history[-1]["loss"])

@@ -1,0 +1,151 @@
+"""Live devices through the real command: virtual microphone, network camera, faults, signals."""
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+
+from conftest import DEMO_WAV, SHARED_DATA  # noqa: E402
+from media import MjpegServer, video_frames, virtual_mic  # noqa: E402
+
+CLI = [sys.executable, "-m", "edge.cli"]
+
+
+def models(bundles):
+    return ["--audio-model", bundles["audio"], "--face-model", bundles["face"]]
+
+
+def start(args, env=None):
+    return subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def lines(stdout):
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def speech_file():
+    actor = SHARED_DATA / "ravdess_speech" / "Actor_20" / "03-01-05-02-01-01-20.flac"
+    return actor if actor.is_file() else DEMO_WAV
+
+
+def best_alignment(live, replay):
+    """Shift (in hops) of the live stream that best matches the replay's loudness contour."""
+    a = np.array([r["audio"]["level_dbfs"] for r in live])
+    b = np.array([r["audio"]["level_dbfs"] for r in replay])
+    scores = [np.mean(np.abs(a[k:k + len(b)] - b[:len(a) - k])) for k in range(0, len(a) - len(b) // 2)]
+    return int(np.argmin(scores))
+
+
+def test_mic_stream_agrees_with_the_same_file(bundles):
+    wav = speech_file()
+    with virtual_mic() as mic:
+        proc = start(["run", "--mic", "--hop", "0.25", "--duration", "9", *models(bundles)], env=mic.env)
+        time.sleep(3.0)  # PortAudio's first block arrives ~1.7 s after the stream opens
+        mic.play(wav)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    live = lines(out)
+    replay = lines(subprocess.run([*CLI, "run", "--audio", str(wav), "--hop", "0.25", *models(bundles)],
+                                  capture_output=True, text=True, check=True).stdout)
+    k = best_alignment(live, replay)
+    pairs = [(a["audio"], b["audio"]) for a, b in zip(live[k:], replay) if a["audio"]["voiced"] and b["audio"]["voiced"]]
+    assert len(pairs) >= 4, "the played speech should be voiced on several hops"
+    agree = sum(a["label"] == b["label"] for a, b in pairs) / len(pairs)
+    assert agree >= 0.9, f"mic vs file labels agree on {agree:.0%} of {len(pairs)} voiced hops"
+
+
+def test_camera_url_dies_and_comes_back(bundles):
+    server = MjpegServer(list(video_frames(15)), fps=15).start()
+    proc = start(["run", "--camera", server.url, "--hop", "0.25", "--duration", "9", *models(bundles)])
+    time.sleep(3.5)
+    server.stop()
+    time.sleep(2.5)
+    server.start()
+    out, err = proc.communicate(timeout=60)
+    server.stop()
+    assert proc.returncode == 0, err
+    results = lines(out)
+    faces = [r["face"] is not None for r in results]
+    assert any(faces[:8]) and not all(faces) and any(faces[-6:]), faces
+    assert err.count("camera lost") == 1 and "camera back" in err
+    assert any("camera lost" in e for r in results for e in r["events"])
+
+
+def test_mic_and_camera_together(bundles):
+    server = MjpegServer(list(video_frames(15)), fps=15).start()
+    with virtual_mic() as mic:
+        proc = start(["run", "--mic", "--camera", server.url, "--duration", "6", *models(bundles)], env=mic.env)
+        time.sleep(2.5)
+        mic.play(DEMO_WAV, wait=False)
+        out, err = proc.communicate(timeout=60)
+    server.stop()
+    assert proc.returncode == 0, err
+    results = lines(out)
+    assert any(r["face"] for r in results) and any(r["audio"]["voiced"] for r in results)
+    assert {"audio_overruns", "mic_overflows", "frames_dropped"} <= set(results[-1]["counters"])
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--mic", "no-such-microphone"], "no-such-microphone"),
+    (["--camera", "7"], "7"),
+    (["--camera", "http://127.0.0.1:9/none.mjpg"], "127.0.0.1:9"),
+])
+def test_missing_device_at_start_exits_2_naming_it(args, named, bundles):
+    command = [*CLI, "run", *args, *models(bundles)]
+    if args[0] == "--mic":
+        with virtual_mic() as mic:
+            p = subprocess.run(command, capture_output=True, text=True, timeout=60, env=mic.env)
+    else:
+        p = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert named in p.stderr and "avemo-edge info" in p.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_flush_stop_and_exit_0_within_1s(sig, bundles):
+    server = MjpegServer(list(video_frames(15)), fps=15).start()
+    proc = start(["run", "--camera", server.url, "--hop", "0.25", *models(bundles)])
+    time.sleep(3.0)
+    proc.send_signal(sig)
+    t0 = time.monotonic()
+    out, err = proc.communicate(timeout=10)
+    elapsed = time.monotonic() - t0
+    server.stop()
+    assert proc.returncode == 0, err
+    assert elapsed < 1.0, f"took {elapsed:.2f} s to stop"
+    assert lines(out) and "Traceback" not in err  # every printed line is complete JSON
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_slow_consumer_never_grows_memory(bundles):
+    """stdout to a reader that takes one line a second: the pipe fills, the loop waits, RAM stays flat."""
+    server = MjpegServer(list(video_frames(15)), fps=15).start()
+    proc = start(["run", "--camera", server.url, "--hop", "0.02", *models(bundles)])
+    samples = []
+
+    def sample():
+        for _ in range(12):
+            time.sleep(1.0)
+            samples.append(rss_kb(proc.pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    for _ in range(12):
+        proc.stdout.readline()
+        time.sleep(1.0)
+    sampler.join()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=10)
+    server.stop()
+    assert max(samples[4:]) - samples[4] <= 2048, samples

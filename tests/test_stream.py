@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from conftest import DEMO_VIDEO, DEMO_WAV
+from edge.errors import ConfigError, MediaError
+from edge.stream import Stream
+
+
+def test_video_replay_has_both_modalities(bundles):
+    with Stream(video=str(DEMO_VIDEO), audio_model=bundles["audio"], face_model=bundles["face"]) as s:
+        results = list(s)
+    assert len(results) == int(s.replay.seconds / 0.5 + 1e-9)
+    assert sum(1 for r in results if r.face) >= len(results) - 1
+    assert sum(1 for r in results if r.audio and r.audio["voiced"]) >= len(results) // 2
+    assert set(results[-1].counters) == {"audio_overruns", "audio_underruns", "frames_dropped"}
+
+
+def test_video_without_its_audio(bundles):
+    with Stream(video=str(DEMO_VIDEO), audio_model=None, face_model=bundles["face"], duration=1.0) as s:
+        results = list(s)
+    assert [r.audio for r in results] == [None, None]
+    assert all(r.fused for r in results if r.face)
+
+
+def test_profile_sets_the_hop(bundles):
+    with Stream(audio=str(DEMO_WAV), profile="rpi4", duration=2.0, audio_model=bundles["audio"]) as s:
+        assert [r.t for r in s] == [0.5, 1.0, 1.5, 2.0]
+
+
+def test_realtime_replay_is_paced(bundles):
+    import time
+    start = time.monotonic()
+    with Stream(audio=str(DEMO_WAV), duration=1.0, realtime=True, audio_model=bundles["audio"]) as s:
+        list(s)
+    assert time.monotonic() - start >= 0.95
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({}, ConfigError, "not both or neither"),
+    ({"audio": str(DEMO_WAV), "mic": True}, ConfigError, "not both or neither"),
+    ({"audio": str(DEMO_WAV), "hop": 0.0}, ConfigError, "--hop must be > 0"),
+    ({"audio": str(DEMO_WAV), "audio_model": None}, ConfigError, "nothing to run"),
+])
+def test_bad_arguments(kwargs, error, match, bundles):
+    with pytest.raises(error, match=match):
+        Stream(**kwargs)
+
+
+def test_empty_audio_file(tmp_path, bundles):
+    import wave
+    path = tmp_path / "empty.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+    with pytest.raises(MediaError, match="empty.wav"):
+        Stream(audio=str(path), audio_model=bundles["audio"])
+
+
+def test_multichannel_44k_wav_is_converted(tmp_path, bundles):
+    import wave
+    sr = 44100
+    t = np.arange(2 * sr) / sr
+    stereo = np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)], 1) * 0.3
+    path = tmp_path / "stereo.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2), w.setsampwidth(2), w.setframerate(sr)
+        w.writeframes((stereo * 32767).astype("<i2").tobytes())
+    with Stream(audio=str(path), audio_model=bundles["audio"]) as s:
+        results = list(s)
+    assert len(results) == 4 and results[-1].audio["voiced"]

@@ -1,0 +1,189 @@
+"""Fresh-process scenarios for `tools/bench.py`, and the demo replay driver both share.
+
+    python tools/bench_child.py SCENARIO [--audio-model DIR] [--face-model DIR]
+                                [--backend NAME] [--profile NAME] [--peer NAME]
+
+In:  one scenario name: `baseline` (Python + numpy), `import` (the runtime only),
+     `backend` (both models loaded on --backend and run once each), `pipeline` (the whole
+     pipeline replaying the demo recording once), `peer` (one peer from
+     tools/bench_peers.py, set up and run once) or `soak` (the demo looped in real time
+     for --seconds, VmRSS sampled every second).
+Out: one JSON line on stdout: {"scenario", "rss_mb" (VmHWM, peak resident set of this
+     process), "rss_now_mb" (VmRSS)}. Exit code 2 with a one-line message on bad input.
+
+This module imports only the standard library, numpy and `edge` at module level, so a
+scenario's peak RSS counts what it loads and nothing bench.py itself needs.
+`replay_hops` is the driver: it feeds the demo audio and video (looped, at the profile's
+fps) into the pipeline's rings and calls `Pipeline.step` once per hop.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from edge.settings import AUDIO
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_VIDEO = ROOT / "edge" / "assets" / "demo.mp4"
+DEMO_AUDIO = ROOT / "edge" / "assets" / "demo.wav"
+SCENARIOS = ("baseline", "import", "backend", "pipeline", "peer", "soak")
+SOAK_WARMUP_S = 30.0
+"""RSS samples of the first SOAK_WARMUP_S seconds (at most a quarter of a soak) are warm-up."""
+AUDIO_S = 1.0
+"""The audio window the pipeline figures use (1 s, as the issue's real-time factor asks)."""
+
+
+def proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status ("VmHWM", "VmRSS") in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"/proc/self/status has no {field}: RSS figures need Linux")
+
+
+def bench_profile(name: str):
+    """The profile with a 1 s audio window (its hop, fps and threads unchanged)."""
+    from edge.profiles import load_profile
+    profile = load_profile(name)
+    return replace(profile, audio=replace(profile.audio, window_s=max(AUDIO_S, profile.audio.hop_s)))
+
+
+class DemoMedia:
+    """The demo recording, looped: audio samples and video frames at any stream time."""
+
+    def __init__(self, video: Path = DEMO_VIDEO, audio: Path = DEMO_AUDIO) -> None:
+        from edge.audio import read_audio
+        from edge.video import VideoFileReader
+        self.wave = read_audio(audio)
+        self.video = VideoFileReader(video)
+        self.seconds = min(len(self.wave) / AUDIO.sample_rate, self.video.duration)
+        self.frame = np.zeros(self.video.frame_shape, np.uint8)
+
+    def samples(self, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Samples [start, stop) of the looped waveform, in at most two slices per loop."""
+        n = len(self.wave)
+        while start < stop:
+            i = start % n
+            chunk = self.wave[i:i + min(stop - start, n - i)]
+            yield chunk
+            start += len(chunk)
+
+    def frame_at(self, t: float) -> bool:
+        return self.video.frame_at(t % self.seconds, self.frame)
+
+
+def replay_hops(pipeline, media: DemoMedia, seconds: float | None, realtime: bool = False) -> Iterator:
+    """Run the pipeline over the looped demo for `seconds` of stream time (None: forever).
+
+    Audio is pushed up to each hop's time; frames are written at the profile's fps cap.
+    Yields each hop's `Result`."""
+    from edge.ring import AudioRing, FrameRing
+    profile, sr = pipeline.profile, AUDIO.sample_rate
+    audio_ring = AudioRing(int(profile.audio.ring_s * sr))
+    frame_ring = FrameRing(profile.video.ring_frames, media.video.frame_shape)
+    pipeline.use_frame_shape(media.video.frame_shape)
+    frame_dt, pushed, frames, k, begin = 1.0 / profile.video.fps_cap, 0, 0, 1, time.monotonic()
+    while seconds is None or k * pipeline.hop_s <= seconds + 1e-9:
+        t = k * pipeline.hop_s
+        for chunk in media.samples(pushed, int(round(t * sr))):
+            audio_ring.write(chunk)
+        pushed = int(round(t * sr))
+        while frames * frame_dt <= t:
+            if media.frame_at(frames * frame_dt):
+                frame_ring.write(media.frame, frames * frame_dt)
+            frames += 1
+        if realtime:
+            time.sleep(max(0.0, begin + t - time.monotonic()))
+        yield pipeline.step(t, audio_ring, frame_ring)
+        k += 1
+
+
+def _sessions(args: argparse.Namespace) -> None:
+    from edge.backends import open_session
+    from edge.bundle import load_bundle
+    for path, shape in ((args.audio_model, (1, int(AUDIO_S * AUDIO.sample_rate))), (args.face_model, None)):
+        bundle = load_bundle(path)
+        session = open_session(bundle, args.backend, threads=1)
+        session.run({bundle.input_name: np.zeros(shape or bundle.input_shape, np.float32)})
+
+
+def _pipeline(args: argparse.Namespace) -> None:
+    from edge.pipeline import Pipeline
+    pipeline = Pipeline(bench_profile(args.profile), args.audio_model, args.face_model, args.backend)
+    media = DemoMedia()
+    for _ in replay_hops(pipeline, media, media.seconds):
+        pass
+
+
+def _peer(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_peers import PEERS
+    run_one = PEERS[args.peer].setup()
+    run_one()
+
+
+def _soak(args: argparse.Namespace) -> dict:
+    """Replay the looped demo in real time for args.seconds; VmRSS sampled once a second."""
+    from edge.pipeline import Pipeline
+    pipeline = Pipeline(bench_profile(args.profile), args.audio_model, args.face_model, args.backend)
+    begin, samples, hops = time.monotonic(), [], 0
+    for _ in replay_hops(pipeline, DemoMedia(), args.seconds, realtime=True):
+        hops += 1
+        if time.monotonic() - begin >= len(samples):
+            samples.append((round(time.monotonic() - begin, 2), round(proc_status_mb("VmRSS"), 3)))
+    warm = [mb for t, mb in samples if t >= min(SOAK_WARMUP_S, args.seconds / 4)]
+    return {"seconds": args.seconds, "hops": hops, "backend": pipeline.audio.session.name,
+            "warmup_s": min(SOAK_WARMUP_S, args.seconds / 4), "rss_start_mb": warm[0], "rss_end_mb": warm[-1],
+            "growth_mb": round(warm[-1] - warm[0], 3), "max_growth_mb": round(max(warm) - warm[0], 3),
+            "samples": samples}
+
+
+def run_scenario(args: argparse.Namespace) -> dict:
+    if args.scenario == "soak":
+        return {"scenario": "soak", **_soak(args), "rss_mb": round(proc_status_mb("VmHWM"), 2)}
+    if args.scenario == "baseline":
+        pass  # this module already imported numpy and edge.settings
+    elif args.scenario == "import":
+        import edge.stream  # noqa: F401 - the runtime: stream, pipeline, backends, rings, fusion
+    elif args.scenario == "backend":
+        _sessions(args)
+    elif args.scenario == "pipeline":
+        _pipeline(args)
+    else:
+        _peer(args)
+    return {"scenario": args.scenario, "rss_mb": round(proc_status_mb("VmHWM"), 2),
+            "rss_now_mb": round(proc_status_mb("VmRSS"), 2)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("scenario", choices=SCENARIOS)
+    p.add_argument("--audio-model", default="audio")
+    p.add_argument("--face-model", default="face")
+    p.add_argument("--backend", default="numpy")
+    p.add_argument("--profile", default="x86")
+    p.add_argument("--peer", default=None)
+    p.add_argument("--seconds", type=float, default=60.0, help="soak length (stream seconds, real time)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from edge.errors import AvemoError
+    try:
+        print(json.dumps(run_scenario(args)))
+    except AvemoError as e:
+        print(f"bench_child {args.scenario}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
