@@ -7,7 +7,7 @@ PROFILE ?= x86
 EPOCHS  ?=
 RUN     ?= runs/default
 
-.PHONY: setup demo test distill quantize bench clean
+.PHONY: setup demo test distill quantize bench arm-check clean
 
 setup: $(VENV)/.setup-done
 
@@ -29,6 +29,9 @@ quantize: setup
 
 bench: setup
 	$(PY) tools/bench.py --profile $(PROFILE)
+
+arm-check: setup
+	./tools/arm_check.sh $(if $(AUDIO_MODEL),--audio-model $(AUDIO_MODEL)) $(if $(FACE_MODEL),--face-model $(FACE_MODEL))
 
 clean:
 	rm -rf out demo-overlay.mp4 .pytest_cache

@@ -9,7 +9,8 @@ Out: `fit` -> the student (eval mode) at the epoch with the best validation UAR,
 
 Loss = CE(labels, class-balanced weights, label smoothing)
      + alpha * kd_loss(student logits, teacher logits, T) + beta * MSE(student embedding,
-       teacher HGR embedding)       (the last two only when teacher targets are given).
+       teacher HGR embedding) / mean(teacher embedding^2)   (a scale-free regression; the
+       last two terms only when teacher targets are given and kd is on).
 Augmentation (train only, per batch, in torch): audio: random 2.0 s crop, speed/pitch change
 by resampling, random gain, a random spectral tilt (first-order EQ), additive white or brown
 noise at a random SNR; face: flip, small rotation/scale/shift, gamma and contrast, then the
@@ -192,7 +193,8 @@ def student_loss(logits: torch.Tensor, emb: torch.Tensor, y: torch.Tensor, data:
         t_logits = torch.from_numpy(data.teacher_logits[idx])
         loss = loss + cfg.alpha * kd_loss(logits, t_logits, cfg.temperature)
     if cfg.kd and data.teacher_emb is not None:
-        loss = loss + cfg.beta * F.mse_loss(emb, torch.from_numpy(data.teacher_emb[idx]))
+        target = torch.from_numpy(data.teacher_emb[idx])
+        loss = loss + cfg.beta * F.mse_loss(emb, target) / target.pow(2).mean().clamp_min(1e-6)
     return loss
 
 

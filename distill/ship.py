@@ -131,11 +131,11 @@ def fer_items(root: Path, seed: int = 0) -> dict[str, list]:
     return {k: [it for it, q in zip(items, part) if q == p] for p, k in enumerate(("train", "val", "test"))}
 
 
-def face_arrays(items: list) -> Arrays:
+def face_arrays(items: list, labels: list[str] = FACE_LABELS) -> Arrays:
     """Gray crops float32 [N, 1, S, S] on 0..255 and label indices."""
     from distill.data.cache import load_faces
     faces = load_faces(items, cache_dir=None).astype(np.float32)[:, None]
-    return Arrays(x=faces, y=np.array([FACE_LABELS.index(it.label) for it in items], np.int64))
+    return Arrays(x=faces, y=np.array([labels.index(it.label) for it in items], np.int64))
 
 
 def fer_splits(root: Path) -> dict[str, Arrays]:
@@ -144,36 +144,61 @@ def fer_splits(root: Path) -> dict[str, Arrays]:
 
 # ---------------------------------------------------------------- training
 
-def teacher_targets(teacher_path: str | None, data: Arrays, modality: str) -> Arrays:
-    """Attach the teacher's logits and common-space embedding to every item, if a teacher is given."""
+def teacher_targets(teacher_path: str | None, data: Arrays, modality: str, labels: list[str]) -> Arrays:
+    """Attach the teacher's logits (columns reordered to `labels`; a label the teacher lacks
+    gets -30) and common-space embedding to every item, if a teacher is given."""
     if not teacher_path:
         return data
     from distill.models.teacher import load_teacher
     teacher, _ = load_teacher(teacher_path)
-    run = teacher.audio_logits_and_embedding if modality == "audio" else teacher.face_logits_and_embedding
     with torch.no_grad():
         if modality == "audio":
-            out = [run(torch.from_numpy(w[:n][None])) for w, n in zip(data.x, data.lengths)]
+            out = [teacher.audio_logits_and_embedding(torch.from_numpy(w[:n][None]))
+                   for w, n in zip(data.x, data.lengths)]
         else:
-            out = [run(torch.from_numpy(data.x[i:i + 256])) for i in range(0, len(data), 256)]
-    logits = torch.cat([o[0] for o in out]).numpy().astype(np.float32)
+            out = [teacher.face_logits_and_embedding(torch.from_numpy(data.x[i:i + 256, 0]))
+                   for i in range(0, len(data), 256)]
+    t_logits = torch.cat([o[0] for o in out]).numpy()
+    logits = np.full((len(data), len(labels)), -30.0, np.float32)
+    for j, label in enumerate(labels):
+        if label in teacher.labels:
+            logits[:, j] = t_logits[:, teacher.labels.index(label)]
     emb = torch.cat([o[1] for o in out]).numpy().astype(np.float32)
     return replace(data, teacher_logits=logits, teacher_emb=emb)
 
 
-def build(modality: str) -> torch.nn.Module:
-    return AudioStudent(len(AUDIO_LABELS)) if modality == "audio" else FaceStudent(len(FACE_LABELS))
+def build(modality: str, n_labels: int) -> torch.nn.Module:
+    return AudioStudent(n_labels) if modality == "audio" else FaceStudent(n_labels)
 
 
-def load_splits(modality: str, root: Path, cache: Path) -> dict[str, Arrays]:
-    splits = ravdess_splits(root, cache) if modality == "audio" else fer_splits(root)
-    if modality == "audio":
+def load_splits(modality: str, root: Path, cache: Path, teacher: str | None = None) -> tuple[dict[str, Arrays], list[str]]:
+    """(splits, labels): the shared corpora (module docstring), or any one corpus folder
+    (e.g. the synthetic one) split by speaker like the teacher was, else fold 0 of 5."""
+    if (root / "ravdess_speech").is_dir() and modality == "audio":
+        splits = ravdess_splits(root, cache)
         splits["emodb"] = emodb_arrays(root, cache)
-    return splits
+        return splits, AUDIO_LABELS
+    if (root / "fer2013").is_dir() and modality == "face":
+        return fer_splits(root), FACE_LABELS
+    return generic_splits(modality, root, cache, teacher)
 
 
-def held_out_reports(model: torch.nn.Module, modality: str, splits: dict[str, Arrays]) -> dict:
-    labels = AUDIO_LABELS if modality == "audio" else FACE_LABELS
+def generic_splits(modality: str, root: Path, cache: Path, teacher: str | None) -> tuple[dict[str, Arrays], list[str]]:
+    from distill.data import fold_split, load_corpus, read_split, split_by_speaker
+    items = [it for it in load_corpus(root) if it.label and (it.has_audio if modality == "audio" else it.image)]
+    split_file = Path(teacher).parent / "split.json" if teacher else None
+    if split_file is not None and split_file.is_file():
+        named = read_split(split_file)
+        parts = split_by_speaker(items, named["test"], named["val"])
+    else:
+        parts = fold_split(items, 5, 0)
+    labels = [k for k in LABELS if any(it.label == k for it in items)]
+    make = (lambda its: audio_arrays(its, labels, cache)) if modality == "audio" else \
+        (lambda its: face_arrays(its, labels))
+    return {k: make(v) for k, v in zip(("train", "val", "test"), parts)}, labels
+
+
+def held_out_reports(model: torch.nn.Module, splits: dict[str, Arrays], labels: list[str]) -> dict:
     reports = {k: evaluate(model, splits[k], labels) for k in ("val", "test")}
     if "emodb" in splits:
         reports["emodb"] = emodb_from_probs(predict(model, splits["emodb"]), splits["emodb"])
@@ -181,17 +206,16 @@ def held_out_reports(model: torch.nn.Module, modality: str, splits: dict[str, Ar
 
 
 def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | None) -> dict:
-    """Train one student on the real corpus, save `<modality>.pt` and `<modality>.json`."""
+    """Train one student, save `<modality>.pt` and `<modality>.json` (history, reports) in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    splits = load_splits(modality, root, out.parent / "cache")
-    splits["train"] = teacher_targets(teacher, splits["train"], modality)
-    labels = AUDIO_LABELS if modality == "audio" else FACE_LABELS
+    splits, labels = load_splits(modality, root, out.parent / "cache", teacher)
+    splits["train"] = teacher_targets(teacher, splits["train"], modality, labels)
     torch.manual_seed(cfg.seed)
-    model, history = fit(build(modality), splits["train"], splits["val"], labels, cfg, _LOGGER.info)
+    model, history = fit(build(modality, len(labels)), splits["train"], splits["val"], labels, cfg, _LOGGER.info)
     result = {"modality": modality, "labels": labels, "params": count_params(model),
-              "config": asdict(cfg), "teacher": teacher, "history": history,
+              "config": asdict(cfg), "teacher": teacher if cfg.kd else None, "history": history,
               "sizes": {k: len(v) for k, v in splits.items()},
-              "reports": held_out_reports(model, modality, splits)}
+              "reports": held_out_reports(model, splits, labels)}
     torch.save({"state_dict": model.state_dict(), "labels": labels}, out / f"{modality}.pt")
     (out / f"{modality}.json").write_text(json.dumps(result, indent=1))
     return result
@@ -200,7 +224,7 @@ def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | N
 def load_student(path: Path) -> torch.nn.Module:
     """A student saved by `train` (modality from the file name), eval mode."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = build(path.stem)
+    model = build(path.stem, len(ckpt["labels"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 

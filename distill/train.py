@@ -44,6 +44,7 @@ from distill.models.teacher import Teacher, TeacherConfig, read_checkpoint, save
 from edge.errors import AvemoError
 from edge.settings import LABELS
 
+
 def base_units(data: TeacherData) -> list[Unit]:
     """Every item as a unit; unlabeled unimodal items are left out (they carry no loss)."""
     units = []

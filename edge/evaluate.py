@@ -20,7 +20,9 @@ import numpy as np
 
 from edge.errors import MediaError
 from edge.metrics import classification_report
-from edge.settings import AUDIO, LABEL_ALIASES, LABELS
+from edge.settings import AUDIO, LABEL_ALIASES, LABELS, OTHER_LABELS
+
+KNOWN_LABELS = frozenset((*LABELS, *LABEL_ALIASES, *OTHER_LABELS))
 
 AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -55,6 +57,8 @@ def read_labels_csv(folder: str | Path, modality: str) -> list[Row]:
         path = folder / rel  # rows of the other modality are skipped below
         if not label:
             problems.append(f"line {line}: empty label")
+        elif label not in KNOWN_LABELS:
+            problems.append(f"line {line}: unknown label {label!r} (known: {', '.join(LABELS)})")
         elif not path.is_file():
             problems.append(f"line {line}: {rel} does not exist")
         elif path.suffix.lower() not in AUDIO_EXT | IMAGE_EXT:
@@ -116,7 +120,7 @@ def score(truth: list[str], predictions: list[str], model_labels: tuple[str, ...
     return report
 
 
-class _FaceInputs:
+class FaceInputs:
     """Image file -> standardized face input, optionally through the face detector."""
 
     def __init__(self, spec, detect: bool) -> None:
@@ -135,7 +139,7 @@ class _FaceInputs:
         return self.cropper.standardize(self.cv2.resize(gray, (size, size), interpolation=self.cv2.INTER_AREA))
 
 
-def _audio_input(path: Path) -> np.ndarray:
+def audio_input(path: Path) -> np.ndarray:
     from edge.audio import read_audio
     wave = read_audio(path)
     n = len(wave) // AUDIO.hop * AUDIO.hop
@@ -148,7 +152,7 @@ def evaluate(model, folder: str | Path, detect: bool = False, limit: int | None 
     """Score `model` (an `edge.pipeline.Model`) on a data folder; see module docstring."""
     modality = model.bundle.modality
     rows = read_labels_csv(folder, modality)[:limit]
-    make_input = _audio_input if modality == "audio" else _FaceInputs(model.bundle.face, detect)
+    make_input = audio_input if modality == "audio" else FaceInputs(model.bundle.face, detect)
     truth, predictions, missed = [], [], 0
     for row in rows:
         x = make_input(row.path)

@@ -22,7 +22,8 @@ def _version() -> str:
 def _models() -> list[dict]:
     from edge.bundle import load_bundle
     out = []
-    for folder in sorted(p for p in MODELS_DIR.iterdir() if (p / "manifest.json").is_file()):
+    folders = sorted(p for p in MODELS_DIR.iterdir() if (p / "manifest.json").is_file()) if MODELS_DIR.is_dir() else []
+    for folder in folders:
         try:
             b = load_bundle(folder)
         except AvemoError as err:

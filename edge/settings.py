@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass
 LABELS: tuple[str, ...] = ("neutral", "calm", "happy", "sad", "angry", "fear", "disgust", "surprise")
 """The canonical label set (DESIGN.md). Models use a subset, in their own order."""
 
+OTHER_LABELS: tuple[str, ...] = ("boredom", "contempt", "frustration", "excited", "other")
+"""Emotions some corpora use that no model here predicts: kept in data, reported, left out."""
+
 LABEL_ALIASES: dict[str, str] = {
     "calm": "neutral",
     "fearful": "fear",

@@ -195,6 +195,8 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared corpora not pr
 def test_real_corpora_load():
     ravdess = load_corpus(DATA / "ravdess_speech")
     assert len(ravdess) == 1200 and len({it.speaker for it in ravdess}) == 24 - 4
+    by_name = load_corpus(DATA / "ravdess_speech", kind="ravdess")  # file names, not labels.csv
+    assert sorted((it.audio, it.label, it.speaker) for it in by_name) == sorted((it.audio, it.label, it.speaker) for it in ravdess)
     assert {it.label for it in ravdess} == {"neutral", "calm", "happy", "sad", "angry", "fear", "disgust", "surprise"}
     fer = load_corpus(DATA / "fer2013" / "train")
     assert "calm" not in {it.label for it in fer} and all(it.image for it in fer[:10])
@@ -207,6 +209,9 @@ def test_cremad_fixture_decodes(tmp_path):
     items = load_corpus(DATA / "cremad_fixture")
     av = [it for it in items if it.video]
     assert len(av) == 6 and {it.speaker for it in av} == {"1001"}
+    by_name = load_corpus(DATA / "cremad_fixture", kind="cremad")
+    assert len(by_name) == 12 and all(it.audio.endswith(".wav") for it in by_name)
+    assert {(it.label, it.audio) for it in by_name if it.video} == {(it.label, it.audio) for it in av}
     mp3 = [it for it in items if it.audio.endswith(".mp3")][:1]
     wave = load_waveforms(mp3, cache_dir=tmp_path)[0]
     assert 1.5 * SR < len(wave) < 4 * SR and 0.01 < np.abs(wave).max() <= 1.0

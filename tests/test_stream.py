@@ -67,3 +67,15 @@ def test_multichannel_44k_wav_is_converted(tmp_path, bundles):
     with Stream(audio=str(path), audio_model=bundles["audio"]) as s:
         results = list(s)
     assert len(results) == 4 and results[-1].audio["voiced"]
+
+
+def test_mic_overflow_is_counted_in_the_results(bundles):
+    sd = pytest.importorskip("sounddevice")
+    from media import virtual_mic
+    with virtual_mic():
+        with Stream(mic=True, duration=1.0, audio_model=bundles["audio"]) as stream:
+            flags = sd.CallbackFlags()
+            flags.input_overflow = True  # PulseAudio never reports one: inject it as PortAudio would
+            stream.mic._callback(np.zeros((0, stream.mic.channels), np.float32), 0, None, flags)
+            results = list(stream)
+    assert results[-1].counters["mic_overflows"] == 1

@@ -27,6 +27,7 @@ SITE=$CACHE/site
 PY=${PYTHON:-$REPO/.venv/bin/python}
 SUITE=bookworm
 ARM_PY=python3.11
+ARM_CPU=cortex-a72  # the Raspberry Pi 4's core; qemu's default "max" has SVE, which breaks numpy's OpenBLAS under qemu 7.2
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/avemo-arm.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
@@ -108,6 +109,7 @@ fetch_wheels() {
         --implementation cp "${platforms[@]}" $reqs || die "pip download of the aarch64 wheels failed"
     mkdir -p "$SITE"
     for whl in "$CACHE"/wheels/*.whl; do "$PY" -m zipfile -e "$whl" "$SITE"; done
+    rm -rf "$CACHE/wheels"
     echo "$reqs" >"$SITE/.avemo-reqs"
 }
 
@@ -115,14 +117,16 @@ fetch_wheels() {
 arm_python() {
     env -i PATH=/usr/bin:/bin HOME="$HOME" LANG=C.UTF-8 PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 \
         PYTHONPATH="$SITE:$REPO" AVEMO_DATA="${AVEMO_DATA:-}" \
-        qemu-aarch64-static -cpu "${AVEMO_ARM_CPU:-cortex-a72}" -L "$ROOT" "$ROOT/usr/bin/$ARM_PY" "$@"
+        qemu-aarch64-static -cpu "$ARM_CPU" -L "$ROOT" "$ROOT/usr/bin/$ARM_PY" "$@"
 }
 
 main() {
     local models=() atol=()
     while [ $# -gt 0 ]; do
         case $1 in
-            --audio-model|--face-model) models+=("$1" "$(realpath "$2")"); shift 2 ;;
+            --audio-model|--face-model)  # a bundle folder, or a shipped name (audio, face)
+                if [ -e "$2" ]; then models+=("$1" "$(realpath "$2")"); else models+=("$1" "$2"); fi
+                shift 2 ;;
             --atol) atol=(--atol "$2"); shift 2 ;;
             *) die "unknown option $1 (use --audio-model BUNDLE, --face-model BUNDLE, --atol P)" ;;
         esac
@@ -136,11 +140,16 @@ main() {
     mkdir -p "$out/x86" "$out/arm"
     "$PY" "$REPO/tools/arm_compare.py" inputs "$out/inputs" >/dev/null
     log "x86-64: measuring"
-    "$PY" "$REPO/tools/arm_compare.py" measure --inputs "$out/inputs" "${models[@]}" --json "$out/x86/result.json" 2>"$out/x86/stderr"
-    log "aarch64 (qemu, ${AVEMO_ARM_CPU:-cortex-a72}): measuring; timings under emulation mean nothing and are not reported"
+    "$PY" "$REPO/tools/arm_compare.py" measure --inputs "$out/inputs" "${models[@]}" \
+        --json "$out/x86/result.json" 2>"$out/x86/stderr" || { tail -20 "$out/x86/stderr" >&2; die "x86-64 run failed"; }
+    log "aarch64 (qemu, $ARM_CPU): measuring; timings under emulation mean nothing and are not reported"
     arm_python "$REPO/tools/arm_compare.py" measure --inputs "$out/inputs" "${models[@]}" \
         --json "$out/arm/result.json" 2>"$out/arm/stderr" || { tail -20 "$out/arm/stderr" >&2; die "aarch64 run failed"; }
-    "$PY" "$REPO/tools/arm_compare.py" diff "$out/x86/result.json" "$out/arm/result.json" "${atol[@]}"
+    if "$PY" "$REPO/tools/arm_compare.py" diff "$out/x86/result.json" "$out/arm/result.json" "${atol[@]}"; then
+        log "OK: aarch64 agrees with x86-64 (labels identical, probabilities within tolerance)"
+    else
+        log "MISMATCH between aarch64 and x86-64: see \"problems\" above"; return 1
+    fi
 }
 
 main "$@"

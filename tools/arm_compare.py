@@ -133,11 +133,11 @@ def _eval(model: str, data: Path, backend: str, tmp: Path) -> dict:
 def _items(model: str, data: Path, backend: str) -> list[dict]:
     """Probabilities of every eval row, from the very inputs `avemo-edge eval` builds."""
     from edge.bundle import load_bundle
-    from edge.evaluate import _FaceInputs, _audio_input, read_labels_csv
+    from edge.evaluate import FaceInputs, audio_input, read_labels_csv
     from edge.pipeline import Model
     bundle = load_bundle(model)
     net = Model(bundle, backend, (backend,), 1)
-    make_input = _audio_input if bundle.modality == "audio" else _FaceInputs(bundle.face, detect=False)
+    make_input = audio_input if bundle.modality == "audio" else FaceInputs(bundle.face, detect=False)
     return [{"path": row.path.name, "probs": net(make_input(row.path)).tolist()}
             for row in read_labels_csv(data, bundle.modality)]
 
@@ -186,12 +186,14 @@ class Diff:
     def probs(self, where: str, ref: dict | list | None, other: dict | list | None) -> None:
         """Compare two probability vectors (lists, or dicts label -> p) and their argmax."""
         if ref is None or other is None:
-            return self.equal(where, ref, other)
+            self.equal(where, ref, other)
+            return
         keys = list(ref) if isinstance(ref, dict) else None
         a = np.array([ref[k] for k in keys] if keys else ref, np.float64)
         b = np.array([other.get(k, np.nan) for k in keys] if keys else other, np.float64)
         if a.shape != b.shape:
-            return self.problems.append(f"{where}: {a.shape[0]} probabilities on x86, {b.shape[0]} on arm")
+            self.problems.append(f"{where}: {a.shape[0]} probabilities on x86, {b.shape[0]} on arm")
+            return
         gap = float(np.max(np.abs(a - b)))
         self.compared += 1
         self.max_gap = max(self.max_gap, gap)
@@ -213,7 +215,7 @@ def _diff_backend(d: Diff, name: str, ref: dict, other: dict) -> None:
             d.equal(f"{name}/eval/{modality}/{key}", ref["eval"][modality][key], other["eval"][modality][key])
         d.equal(f"{name}/items/{modality}/paths", [i["path"] for i in ref["items"][modality]],
                 [i["path"] for i in other["items"][modality]])
-        for i, (r, o) in enumerate(zip(ref["items"][modality], other["items"][modality])):
+        for r, o in zip(ref["items"][modality], other["items"][modality]):
             d.probs(f"{name}/items/{modality}/{r['path']}", r["probs"], o["probs"])
     d.equal(f"{name}/run/hops", len(ref["run"]), len(other["run"]))
     for r, o in zip(ref["run"], other["run"]):
@@ -263,7 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         print(make_inputs(args.out))
         return 0
     if args.cmd == "measure":
-        result = measure(args.inputs, args.audio_model, args.face_model, args.backends.split(","), args.json.parent)
+        from edge.errors import AvemoError
+        try:
+            result = measure(args.inputs, args.audio_model, args.face_model, args.backends.split(","), args.json.parent)
+        except AvemoError as err:
+            print(f"arm_compare: error: {err} (no trained bundles yet? pass --audio-model/--face-model)", file=sys.stderr)
+            return 2
         args.json.write_text(json.dumps(result, indent=1))
         return 0
     report = diff(json.loads(args.x86.read_text()), json.loads(args.other.read_text()), args.atol)

@@ -164,7 +164,7 @@ def bench_backend(bundle: Bundle, backend: str, inputs: dict, threads: tuple[int
 
 
 def bench_models(models: dict[str, Bundle], profile, reps: Reps) -> dict:
-    backends = [b for b in installed_backends()] + ([FP32] if "onnxruntime" in installed_backends() else [])
+    backends = installed_backends() + ([FP32] if "onnxruntime" in installed_backends() else [])
     threads = tuple(sorted({1, profile.device.threads}))
     out: dict = {}
     for name, bundle in models.items():
@@ -244,7 +244,8 @@ def graph_stats(bundle: Bundle, input_shape: tuple[int, ...]) -> dict:
 # ------------------------------------------------------------------ numpy hot ops
 
 def numpy_hot_ops(bundle: Bundle, x: np.ndarray, runs: int, top: int = 8) -> list[dict]:
-    """cProfile of the numpy interpreter: where its time goes, by function (inline time)."""
+    """cProfile of the numpy interpreter: where its time goes, by Python function (inline time,
+    numpy ufuncs included) and by builtin (numpy.matmul, ...) under the function calling it."""
     session = open_session(bundle, "numpy")
     session.run({bundle.input_name: x})
     prof = cProfile.Profile()
@@ -255,8 +256,14 @@ def numpy_hot_ops(bundle: Bundle, x: np.ndarray, runs: int, top: int = 8) -> lis
         prof.disable()
     totals: dict[str, float] = {}
     for entry in prof.getstats():
-        label = getattr(entry.code, "co_qualname", str(entry.code))
-        totals[label] = totals.get(label, 0.0) + entry.inlinetime
+        if isinstance(entry.code, str):
+            continue  # a builtin: counted below, under the Python function that called it
+        caller = entry.code.co_qualname
+        totals[caller] = totals.get(caller, 0.0) + entry.inlinetime
+        for sub in entry.calls or ():
+            if isinstance(sub.code, str):
+                label = f"{caller} > {sub.code}"
+                totals[label] = totals.get(label, 0.0) + sub.inlinetime
     whole = sum(totals.values()) or 1.0
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
     return [{"op": k, "share": round(v / whole, 3), "ms_per_run": round(1e3 * v / runs, 4)} for k, v in ranked]
@@ -296,7 +303,8 @@ def bench_pipeline(models: dict[str, Bundle], profile_name: str, backend: str, s
     profile = bench_profile(profile_name)
     detector = TimedDetector()
     pipeline = Pipeline(profile, str(models["audio"].path), str(models["face"].path), backend, detector=detector)
-    hops = [_hop_stages(r.latency_ms, detector.take()) for r in replay_hops(pipeline, DemoMedia(), seconds)]
+    with blas_threads(profile.device.threads):
+        hops = [_hop_stages(r.latency_ms, detector.take()) for r in replay_hops(pipeline, DemoMedia(), seconds)]
     totals = np.array([h["total"] for h in hops])
     means = {k: float(np.mean([h.get(k, 0.0) for h in hops])) for k in STAGES}
     face_side = means["face_detect"] + means["crop"] + means["face"]
@@ -334,6 +342,7 @@ def bench_rss(models: dict[str, Bundle], profile: str, pipeline_backend: str) ->
     for backend in installed_backends():
         if all(b.has_payload(BACKEND_PAYLOAD[backend]) for b in models.values()):
             out[f"{backend}: both models"] = child("backend", *paths, "--backend", backend).get("rss_mb")
+    out["OpenCV video decode + Haar detector"] = child("detector").get("rss_mb")
     out["pipeline (demo replay)"] = child("pipeline", *paths, "--backend", pipeline_backend,
                                           "--profile", profile).get("rss_mb")
     return out
@@ -472,7 +481,8 @@ def markdown(report: dict) -> str:
         s = report["soak"]
         lines += ["", f"Soak: {s.get('seconds')} s, {s.get('hops')} hops, RSS after warm-up "
                   f"{_fmt(s.get('rss_start_mb'))} -> {_fmt(s.get('rss_end_mb'))} MB "
-                  f"(growth {_fmt(s.get('growth_mb'))} MB, max {_fmt(s.get('max_growth_mb'))} MB)"
+                  f"(growth {_fmt(s.get('growth_mb'))} MB, max {_fmt(s.get('max_growth_mb'))} MB, linear fit "
+                  f"{_fmt(s.get('slope_mb_per_h'))} MB/h)"
                   if "error" not in s else f"Soak failed: {s['error']}"]
     return "\n".join(lines) + "\n"
 

@@ -4,6 +4,7 @@
                                 [--backend NAME] [--profile NAME] [--peer NAME]
 
 In:  one scenario name: `baseline` (Python + numpy), `import` (the runtime only),
+     `detector` (OpenCV: the demo video opened, one frame through the Haar face stage),
      `backend` (both models loaded on --backend and run once each), `pipeline` (the whole
      pipeline replaying the demo recording once), `peer` (one peer from
      tools/bench_peers.py, set up and run once) or `soak` (the demo looped in real time
@@ -33,7 +34,7 @@ from edge.settings import AUDIO
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_VIDEO = ROOT / "edge" / "assets" / "demo.mp4"
 DEMO_AUDIO = ROOT / "edge" / "assets" / "demo.wav"
-SCENARIOS = ("baseline", "import", "backend", "pipeline", "peer", "soak")
+SCENARIOS = ("baseline", "import", "detector", "backend", "pipeline", "peer", "soak")
 SOAK_WARMUP_S = 30.0
 """RSS samples of the first SOAK_WARMUP_S seconds (at most a quarter of a soak) are warm-up."""
 AUDIO_S = 1.0
@@ -114,6 +115,13 @@ def _sessions(args: argparse.Namespace) -> None:
         session.run({bundle.input_name: np.zeros(shape or bundle.input_shape, np.float32)})
 
 
+def _detector() -> None:
+    from edge.face import FaceStage
+    media = DemoMedia()
+    media.frame_at(0.0)
+    FaceStage().process(media.frame)
+
+
 def _pipeline(args: argparse.Namespace) -> None:
     from edge.pipeline import Pipeline
     pipeline = Pipeline(bench_profile(args.profile), args.audio_model, args.face_model, args.backend)
@@ -138,11 +146,12 @@ def _soak(args: argparse.Namespace) -> dict:
         hops += 1
         if time.monotonic() - begin >= len(samples):
             samples.append((round(time.monotonic() - begin, 2), round(proc_status_mb("VmRSS"), 3)))
-    warm = [mb for t, mb in samples if t >= min(SOAK_WARMUP_S, args.seconds / 4)]
-    return {"seconds": args.seconds, "hops": hops, "backend": pipeline.audio.session.name,
-            "warmup_s": min(SOAK_WARMUP_S, args.seconds / 4), "rss_start_mb": warm[0], "rss_end_mb": warm[-1],
-            "growth_mb": round(warm[-1] - warm[0], 3), "max_growth_mb": round(max(warm) - warm[0], 3),
-            "samples": samples}
+    warmup = min(SOAK_WARMUP_S, args.seconds / 4)
+    t, mb = np.array([s for s in samples if s[0] >= warmup]).T
+    slope = float(np.polyfit(t, mb, 1)[0]) * 3600.0 if len(t) > 1 else 0.0
+    return {"seconds": args.seconds, "hops": hops, "backend": pipeline.audio.session.name, "warmup_s": warmup,
+            "rss_start_mb": mb[0], "rss_end_mb": mb[-1], "growth_mb": round(mb[-1] - mb[0], 3),
+            "max_growth_mb": round(mb.max() - mb[0], 3), "slope_mb_per_h": round(slope, 3), "samples": samples}
 
 
 def run_scenario(args: argparse.Namespace) -> dict:
@@ -152,6 +161,8 @@ def run_scenario(args: argparse.Namespace) -> dict:
         pass  # this module already imported numpy and edge.settings
     elif args.scenario == "import":
         import edge.stream  # noqa: F401 - the runtime: stream, pipeline, backends, rings, fusion
+    elif args.scenario == "detector":
+        _detector()
     elif args.scenario == "backend":
         _sessions(args)
     elif args.scenario == "pipeline":

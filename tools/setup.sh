@@ -5,7 +5,7 @@
 set -euo pipefail
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES="ffmpeg espeak-ng sox libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins"
+APT_PACKAGES="ffmpeg espeak-ng sox libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins qemu-user-static debootstrap"
 
 missing=""
 for pkg in $APT_PACKAGES; do
