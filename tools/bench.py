@@ -243,9 +243,13 @@ def graph_stats(bundle: Bundle, input_shape: tuple[int, ...]) -> dict:
 
 # ------------------------------------------------------------------ numpy hot ops
 
+def _in_edge(code) -> bool:
+    return not isinstance(code, str) and f"{os.sep}edge{os.sep}" in code.co_filename
+
+
 def numpy_hot_ops(bundle: Bundle, x: np.ndarray, runs: int, top: int = 8) -> list[dict]:
-    """cProfile of the numpy interpreter: where its time goes, by Python function (inline time,
-    numpy ufuncs included) and by builtin (numpy.matmul, ...) under the function calling it."""
+    """cProfile of the numpy interpreter: where its time goes, by edge function (inline time,
+    ufuncs included) and by numpy/builtin call (matmul, max, ...) under the edge function calling it."""
     session = open_session(bundle, "numpy")
     session.run({bundle.input_name: x})
     prof = cProfile.Profile()
@@ -256,14 +260,14 @@ def numpy_hot_ops(bundle: Bundle, x: np.ndarray, runs: int, top: int = 8) -> lis
         prof.disable()
     totals: dict[str, float] = {}
     for entry in prof.getstats():
-        if isinstance(entry.code, str):
-            continue  # a builtin: counted below, under the Python function that called it
+        if not _in_edge(entry.code):
+            continue  # numpy and builtins: counted below, under the edge function that called them
         caller = entry.code.co_qualname
         totals[caller] = totals.get(caller, 0.0) + entry.inlinetime
         for sub in entry.calls or ():
-            if isinstance(sub.code, str):
-                label = f"{caller} > {sub.code}"
-                totals[label] = totals.get(label, 0.0) + sub.inlinetime
+            if not _in_edge(sub.code):
+                label = f"{caller} > {getattr(sub.code, 'co_qualname', sub.code)}"
+                totals[label] = totals.get(label, 0.0) + sub.totaltime
     whole = sum(totals.values()) or 1.0
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
     return [{"op": k, "share": round(v / whole, 3), "ms_per_run": round(1e3 * v / runs, 4)} for k, v in ranked]
@@ -475,7 +479,7 @@ def markdown(report: dict) -> str:
     lines += [f"| {g['goal']} | {_fmt(g['measured'])} | {_fmt(g['target'])} {g['unit']} | "
               f"{'-' if g['met'] is None else 'yes' if g['met'] else 'NO'} |" for g in report["goals"]]
     for name, ops in report["numpy_hot_ops"].items():
-        lines += ["", f"numpy interpreter, {name}: hottest functions (cProfile inline time): "
+        lines += ["", f"numpy interpreter, {name}: hottest functions (cProfile; `f > g`: g called from f): "
                   + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in ops[:5])]
     if "soak" in report:
         s = report["soak"]
