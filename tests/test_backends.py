@@ -106,6 +106,12 @@ def _conv1d() -> nn.Module:
                                 nn.ReLU(), nn.Conv1d(8, 12, 1), nn.ReLU()), 12, dims=1)
 
 
+def _pools() -> nn.Module:
+    """MaxPool and AveragePool with padding, stride != kernel and overlapping windows."""
+    return Pooled(nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(8, 8, 3, 1, 1),
+                                nn.ReLU(), nn.AvgPool2d(3, 2, 1, count_include_pad=True), nn.MaxPool2d(2, 1)), 8)
+
+
 def _gemm() -> nn.Module:
     return nn.Sequential(nn.Linear(32, 24), nn.ReLU(), Head(24, 5))
 
@@ -117,6 +123,7 @@ MODELS = {
     "se_hardsigmoid": (lambda: _squeeze_excite(nn.Hardsigmoid), (1, 1, 24, 24), {}),
     "hardswish": (_hard_swish, (1, 1, 24, 24), {}),
     "conv1d": (_conv1d, (1, 4, 40), {}),
+    "pools": (_pools, (1, 1, 24, 24), {}),
     "gemm": (_gemm, (1, 32), {}),
     "frontend": (FrontEndNet, (1, 3200), {"exclude_prefix": "/frontend/", "dynamic_time_axis": True, "scale": 0.1}),
 }
@@ -187,6 +194,35 @@ def test_integer_path_is_planned(model_case):
     assert all(c.zero is not None for c in convs)
     assert sum(d.weights is not None for d in dense) >= 2  # the head's two Gemms
     assert all(d.weights is not None for d in dense) or name == "frontend"  # front-end MatMuls stay float
+
+
+def test_requantization_is_fused(model_case):
+    """A QuantizeLinear that alone reads an integer Conv/Gemm output runs in that step's epilogue,
+    and quantized activations stay as q - zero (float32) wherever only DequantizeLinears read them."""
+    _, _, _, paths = model_case
+    steps = [s for _, s in NumpyInterpreter(paths["npz"])._steps]
+    integer = [s for s in steps if isinstance(s, (numpy_int8._Conv, numpy_int8._Dense)) and s.zero is not None]
+    quantizers = [s for s in steps if isinstance(s, numpy_int8._Quantize)]
+    assert integer and all(s.epilogue.clip is not None for s in integer)
+    assert not {q.src for q in quantizers} & {s.dst for s in integer}
+    assert quantizers and all(q.centered for q in quantizers)
+
+
+def test_blas_threads_are_set_for_a_run_and_restored(face_bundle, monkeypatch):
+    blas = numpy_int8._BlasThreads()
+    if blas._get is None:
+        pytest.skip("numpy's BLAS here is not an OpenBLAS this backend can find")
+    before = blas._get()
+    session = numpy_int8.load(face_bundle, threads=1)
+    seen = []
+    run = session.interpreter.run
+    monkeypatch.setattr(session.interpreter, "run", lambda feeds: (seen.append(blas._get()), run(feeds))[1])
+    blas.limit(3)
+    try:
+        session.run({"face": random_inputs(face_bundle.input_shape, 1)[0]})
+        assert seen == [1] and blas._get() == 3
+    finally:
+        blas.limit(before)
 
 
 def test_memory_stays_flat(model_case):

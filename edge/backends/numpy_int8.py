@@ -11,12 +11,21 @@ are multiplied as exact integers held in float32 (float64 when a dot product cou
 QLinearConv/QGemm compute up to the final rounding. QuantizeLinear rounds half to even and
 saturates, as ONNX does. Steps whose outputs nothing reads are dropped.
 
+Fewer passes per activation: a per-tensor QuantizeLinear read only by matching
+DequantizeLinears keeps q - zp as float32 ("centered"), so its readers need one multiply
+and integer steps multiply it as is; when such a QuantizeLinear alone reads an integer
+step's output, its divide/round/saturate joins that step's epilogue. Pools take one ufunc
+per kernel offset over strided views.
+
 Every step keeps its activation buffers: after the first run with a given input shape,
 runs reuse them (out= everywhere numpy allows, conv as im2col into a kept buffer + matmul
 out=), so memory stays flat over any number of runs. Buffers are per step and never shared.
+A session sets numpy's OpenBLAS pool to `threads` for each run and restores it after.
 """
 from __future__ import annotations
 
+import ctypes
+import itertools
 import json
 import math
 import zipfile
@@ -63,8 +72,8 @@ class _QAct:
 
     source: str
     scale: float
-    zero: float
-    max_abs: float
+    zero: float  # still to subtract from the source: 0 when the source is centered (_Quantize)
+    max_abs: float  # the largest |q - zero|
 
 
 @dataclass
@@ -81,8 +90,11 @@ class _QWeight:
 class _Ctx:
     path: Path
     consts: Env
+    outputs: set[str]
+    readers: dict[str, list[_Node]] = field(default_factory=dict)  # tensor name -> nodes reading it
     qacts: dict[str, _QAct] = field(default_factory=dict)
     qweights: dict[str, _QWeight] = field(default_factory=dict)
+    centered: set[str] = field(default_factory=set)  # outputs of centered QuantizeLinear steps
 
     def const(self, name: str, node: _Node) -> np.ndarray:
         if name not in self.consts:
@@ -97,6 +109,12 @@ def _buf(bufs: dict, tag: str, shape: tuple, dtype=np.float32, fill: float = 0.0
     if b is None or b.shape != shape or b.dtype != dtype:
         b = bufs[tag] = np.full(shape, fill, dtype)
     return b
+
+
+def _clip(x: np.ndarray, lo, hi, out: np.ndarray) -> np.ndarray:
+    """np.clip as two ufunc calls: on the small arrays here np.clip's Python wrapper costs more."""
+    np.maximum(x, lo, out=out)
+    return np.minimum(out, hi, out=out)
 
 
 def _along(v: np.ndarray, axis: int, ndim: int) -> np.ndarray:
@@ -144,7 +162,7 @@ def _pow(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 def _hard_sigmoid(x: np.ndarray, y: np.ndarray, attrs: dict, alpha: float = 0.2) -> np.ndarray:
     np.multiply(x, attrs.get("alpha", alpha), out=y)
     np.add(y, attrs.get("beta", 0.5), out=y)
-    return np.clip(y, 0.0, 1.0, out=y)
+    return _clip(y, 0.0, 1.0, y)
 
 
 def _hard_swish(x: np.ndarray, y: np.ndarray, attrs: dict) -> np.ndarray:
@@ -174,7 +192,7 @@ def _op_clip(node: _Node, ctx: _Ctx) -> Step:
         x = env[src]
         lo = env[lo_name] if lo_name else lo_attr
         hi = env[hi_name] if hi_name else hi_attr
-        env[dst] = np.clip(x, lo, hi, out=_buf(bufs, "y", x.shape, x.dtype))
+        env[dst] = _clip(x, lo, hi, _buf(bufs, "y", x.shape, x.dtype))
     return step
 
 
@@ -192,23 +210,64 @@ def _op_cast(node: _Node, ctx: _Ctx) -> Step:
 
 # ---------------------------------------------------------------- quantization
 
-def _op_quantize(node: _Node, ctx: _Ctx) -> Step:
-    src, dst, bufs = node.input(0), node.outputs[0], {}
+@dataclass
+class _Quantize:
+    """QuantizeLinear: x / scale, rounded half to even (as ONNX), saturated, plus the zero point.
+
+    A `centered` step keeps q - zero as float32 instead of q: every reader is then a
+    DequantizeLinear with the same scale and zero point (`_centered`), which needs one multiply,
+    or an integer Conv/Gemm step, which multiplies q - zero directly."""
+
+    src: str
+    dst: str
+    scale: np.ndarray
+    zero: np.ndarray
+    axis: int
+    lo: np.ndarray  # saturation bounds of q - zero
+    hi: np.ndarray
+    centered: bool
+    bufs: dict = field(default_factory=dict)
+
+    def __call__(self, env: Env) -> None:
+        x = env[self.src]
+        f = _buf(self.bufs, "f", x.shape)
+        np.divide(x, _along(self.scale, self.axis, x.ndim), out=f)
+        np.rint(f, out=f)  # round half to even, as ONNX
+        _clip(f, _along(self.lo, self.axis, x.ndim), _along(self.hi, self.axis, x.ndim), f)
+        if self.centered:
+            env[self.dst] = f
+            return
+        q = _buf(self.bufs, "q", x.shape, self.zero.dtype)
+        env[self.dst] = np.add(f, _along(self.zero, self.axis, x.ndim), out=q, casting="unsafe")
+
+
+def _op_quantize(node: _Node, ctx: _Ctx) -> _Quantize:
     scale = ctx.const(node.input(1), node).astype(np.float32)
     zero = ctx.const(node.input(2), node) if node.input(2) else np.zeros((), np.uint8)
-    info, axis = np.iinfo(zero.dtype), node.attrs.get("axis", 1)
+    info = np.iinfo(zero.dtype)
+    centered = _centered(node, scale, zero, ctx)
+    if centered:
+        ctx.centered.add(node.outputs[0])
+    lo, hi = (np.float32(bound) - zero.astype(np.float32) for bound in (info.min, info.max))
+    return _Quantize(node.input(0), node.outputs[0], scale, zero, node.attrs.get("axis", 1), lo, hi, centered)
 
-    def step(env: Env) -> None:
-        x = env[src]
-        f = _buf(bufs, "f", x.shape)
-        np.divide(x, _along(scale, axis, x.ndim), out=f)
-        np.rint(f, out=f)  # round half to even, as ONNX
-        np.add(f, _along(zero, axis, x.ndim), out=f)
-        np.clip(f, info.min, info.max, out=f)
-        q = _buf(bufs, "q", x.shape, zero.dtype)
-        np.copyto(q, f, casting="unsafe")
-        env[dst] = q
-    return step
+
+def _centered(node: _Node, scale: np.ndarray, zero: np.ndarray, ctx: _Ctx) -> bool:
+    """Whether a per-tensor QuantizeLinear may keep q - zero: it feeds only DequantizeLinears with
+    the same scale and zero point, and neither its input nor its output is a constant or graph output."""
+    dst = node.outputs[0]
+    if scale.size != 1 or zero.size != 1 or dst in ctx.outputs or node.input(0) in ctx.consts:
+        return False
+    readers = ctx.readers.get(dst, [])
+    return bool(readers) and all(r.op == "DequantizeLinear" and r.input(0) == dst and r.inputs.count(dst) == 1
+                                 and _same_params(r, scale, zero, ctx) for r in readers)
+
+
+def _same_params(dq: _Node, scale: np.ndarray, zero: np.ndarray, ctx: _Ctx) -> bool:
+    s = ctx.consts.get(dq.input(1))
+    z = ctx.consts.get(dq.input(2)) if dq.input(2) else np.zeros((), zero.dtype)
+    return (s is not None and z is not None and s.size == 1 and z.size == 1 and z.dtype == zero.dtype
+            and np.float32(s.reshape(())) == scale.reshape(()) and z.reshape(()) == zero.reshape(()))
 
 
 def _dq_parts(node: _Node, ctx: _Ctx) -> tuple[np.ndarray, np.ndarray, int]:
@@ -217,7 +276,11 @@ def _dq_parts(node: _Node, ctx: _Ctx) -> tuple[np.ndarray, np.ndarray, int]:
     return scale, zero, node.attrs.get("axis", 1)
 
 
-def _dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int, out: np.ndarray) -> np.ndarray:
+def _dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int,
+                out: np.ndarray) -> np.ndarray:
+    """(q - zero) * scale; zero None: q is already q - zero (a centered QuantizeLinear's output)."""
+    if zero is None:
+        return np.multiply(q, _along(scale, axis, q.ndim), out=out)
     np.subtract(q, _along(zero, axis, q.ndim), out=out, dtype=np.float32)
     return np.multiply(out, _along(scale, axis, q.ndim), out=out)
 
@@ -231,15 +294,17 @@ def _op_dequantize(node: _Node, ctx: _Ctx) -> Step | None:
         if q.dtype in (np.int8, np.uint8):
             ctx.qweights[dst] = _QWeight(q, scale, zero, axis)
         return None
+    centered = src in ctx.centered
     if scale.size == 1 and zero.size == 1:
         info = np.iinfo(zero.dtype)
         z = float(zero.reshape(()))
-        ctx.qacts[dst] = _QAct(src, float(scale.reshape(())), z, max(z - info.min, info.max - z))
+        ctx.qacts[dst] = _QAct(src, float(scale.reshape(())), 0.0 if centered else z, max(z - info.min, info.max - z))
+    zero_or_none = None if centered else zero
     bufs: dict = {}
 
     def step(env: Env) -> None:
         q = env[src]
-        env[dst] = _dequantize(q, scale, zero, axis, _buf(bufs, "y", q.shape))
+        env[dst] = _dequantize(q, scale, zero_or_none, axis, _buf(bufs, "y", q.shape))
     return step
 
 
@@ -291,6 +356,60 @@ class _Window:
                    + tuple(s * t for s, t in zip(sp, self.strides)))
         return as_strided(xp, shape, strides, writeable=False)
 
+    def taps(self, xp: np.ndarray) -> list[np.ndarray]:
+        """One view [N, C, *out] of the padded input xp per kernel offset."""
+        out = self.out_shape(xp.shape[2:])
+        offsets = itertools.product(*(range(0, k * d, d) for k, d in zip(self.kernel, self.dilations)))
+        return [xp[(slice(None), slice(None)) + tuple(slice(o, o + t * (n - 1) + 1, t)
+                                                      for o, t, n in zip(offs, self.strides, out))]
+                for offs in offsets]
+
+
+@dataclass
+class _Epilogue:
+    """acc * mult + bias, as float32 (acc float32 or float64; mult and bias per output channel).
+
+    After `fuse(quantize)` it also does that centered QuantizeLinear's work: the scale is
+    folded into mult and bias, and the result is rounded half to even and clipped to the
+    range of q - zero, which is what the step then writes."""
+
+    mult: np.ndarray | None
+    bias: np.ndarray | None
+    clip: tuple[float, float] | None = None
+
+    def __call__(self, bufs: dict, acc: np.ndarray) -> np.ndarray:
+        y = acc if acc.dtype == np.float32 else _buf(bufs, "y", acc.shape)
+        if self.mult is not None:
+            np.multiply(acc, self.mult, out=y, casting="unsafe")
+        elif y is not acc:
+            np.copyto(y, acc, casting="unsafe")
+        if self.bias is not None:
+            np.add(y, self.bias, out=y)
+        if self.clip is not None:
+            np.rint(y, out=y)
+            _clip(y, *self.clip, y)
+        return y
+
+    def fuse(self, quantize: _Quantize) -> None:
+        inv = 1.0 / np.float64(quantize.scale.reshape(()))
+        self.mult = np.float32(inv) if self.mult is None else (self.mult.astype(np.float64) * inv).astype(np.float32)
+        self.bias = None if self.bias is None else (self.bias.astype(np.float64) * inv).astype(np.float32)
+        self.clip = (float(quantize.lo.reshape(())), float(quantize.hi.reshape(())))
+
+
+@dataclass
+class _ConvBuffers:
+    """What a Conv keeps for one input shape: made on the first run with that shape."""
+
+    key: tuple
+    padded: np.ndarray | None  # x - zero, padded, in the compute dtype; None: x is used as is
+    inner: np.ndarray | None  # the interior of padded, where x goes
+    view: np.ndarray | None  # the window view of padded; None for a 1x1 stride-1 conv (no im2col)
+    cols: np.ndarray | None  # im2col buffer
+    operand: tuple  # the matmul operand's shape [N, group, K, positions]
+    acc: np.ndarray  # [N, group, M / group, positions]
+    out_shape: tuple  # [N, M, *out]
+
 
 @dataclass
 class _Conv:
@@ -298,43 +417,43 @@ class _Conv:
     dst: str
     window: _Window
     weights: np.ndarray  # [group, M / group, C / group * prod(kernel)], compute dtype
-    zero: float | None  # input zero point on the integer path, None on the float path
-    mult: np.ndarray | None  # [M, 1...] scales applied after the integer product
-    bias: np.ndarray | None  # [M, 1...] float32
+    zero: float | None  # input zero point still to subtract on the integer path, None on the float path
+    epilogue: _Epilogue
     bufs: dict = field(default_factory=dict)
+    kept: _ConvBuffers | None = None
 
     def __call__(self, env: Env) -> None:
-        x, b, w = env[self.src], self.bufs, self.weights
-        padded, inner = _pad_into(b, x, self.window.pads, 0.0, w.dtype)
-        if self.zero:
-            np.subtract(inner, self.zero, out=inner)
-        cols, out_sp = self._im2col(padded)
+        x = env[self.src]
+        b = self._buffers(x)
+        operand = x
+        if b.padded is not None:
+            np.copyto(b.inner, x, casting="unsafe")
+            if self.zero:
+                np.subtract(b.inner, self.zero, out=b.inner)
+            operand = b.padded
+        if b.view is not None:
+            np.copyto(b.cols, b.view)
+            operand = b.cols
+        np.matmul(self.weights, operand.reshape(b.operand), out=b.acc)
+        env[self.dst] = self.epilogue(self.bufs, b.acc.reshape(b.out_shape))
+
+    def _buffers(self, x: np.ndarray) -> _ConvBuffers:
+        key = (x.shape, x.dtype, x.flags.c_contiguous)
+        if self.kept is None or self.kept.key != key:
+            self.kept = self._make_buffers(x, key)
+        return self.kept
+
+    def _make_buffers(self, x: np.ndarray, key: tuple) -> _ConvBuffers:
+        win, w = self.window, self.weights
+        pointwise = all(v == 1 for v in win.kernel + win.strides)
+        as_is = pointwise and not any(win.pads) and not self.zero and x.dtype == w.dtype and x.flags.c_contiguous
+        padded, inner = (None, None) if as_is else _pad_into({}, x, win.pads, 0.0, w.dtype)
+        view = None if pointwise else win.view(padded)
+        out = win.out_shape(x.shape[2:] if as_is else padded.shape[2:])
         n, g = x.shape[0], w.shape[0]
-        acc = _buf(b, "acc", (n, g, w.shape[1], math.prod(out_sp)), w.dtype)
-        np.matmul(w, cols.reshape(n, g, w.shape[2], -1), out=acc)
-        env[self.dst] = _epilogue(b, acc.reshape((n, g * w.shape[1]) + out_sp), self.mult, self.bias)
-
-    def _im2col(self, padded: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
-        """Columns [N, C, *kernel, *out] in a kept buffer; a 1x1 stride-1 conv uses the input as is."""
-        win = self.window
-        if all(v == 1 for v in win.kernel + win.strides) and not any(win.pads):
-            return padded, padded.shape[2:]
-        view = win.view(padded)
-        cols = _buf(self.bufs, "cols", view.shape, self.weights.dtype)
-        np.copyto(cols, view)
-        return cols, view.shape[2 + len(win.kernel):]
-
-
-def _epilogue(bufs: dict, acc: np.ndarray, mult: np.ndarray | None, bias: np.ndarray | None) -> np.ndarray:
-    """acc * mult + bias, as float32 (acc is float32 or float64)."""
-    y = acc if acc.dtype == np.float32 else _buf(bufs, "y", acc.shape)
-    if mult is not None:
-        np.multiply(acc, mult, out=y, casting="unsafe")
-    elif y is not acc:
-        np.copyto(y, acc, casting="unsafe")
-    if bias is not None:
-        np.add(y, bias, out=y)
-    return y
+        acc = np.empty((n, g, w.shape[1], math.prod(out)), w.dtype)
+        cols = None if view is None else np.empty(view.shape, w.dtype)
+        return _ConvBuffers(key, padded, inner, view, cols, (n, g, w.shape[2], -1), acc, (n, g * w.shape[1]) + out)
 
 
 def _int_dtype(w: np.ndarray, max_abs_x: float, axis_k: int):
@@ -354,12 +473,12 @@ def _op_conv(node: _Node, ctx: _Ctx) -> Step:
     qa, qw = ctx.qacts.get(x), ctx.qweights.get(w_name)
     if qa is None or qw is None or (qw.scale.size > 1 and qw.axis != 0):
         mat = w.reshape(group, w.shape[0] // group, -1).astype(np.float32)
-        return _Conv(x, node.outputs[0], window, mat, None, None, bias)
+        return _Conv(x, node.outputs[0], window, mat, None, _Epilogue(None, bias))
     wi = (qw.q.astype(np.float64) - _along(qw.zero, 0, w.ndim)).reshape(w.shape[0], -1)
     dtype = _int_dtype(wi, qa.max_abs, 1)
     mat = wi.reshape(group, w.shape[0] // group, -1).astype(dtype)
     mult = (np.float32(qa.scale) * qw.scale.reshape(-1)).astype(np.float32).reshape(shape_m)
-    return _Conv(qa.source, node.outputs[0], window, mat, qa.zero, mult, bias)
+    return _Conv(qa.source, node.outputs[0], window, mat, qa.zero, _Epilogue(mult, bias))
 
 
 @dataclass
@@ -370,26 +489,27 @@ class _Dense:
     trans_a: bool
     weights: np.ndarray | None  # [K, N] integer path weights, else None (float path)
     zero: float | None
-    mult: np.ndarray | float | None
-    bias: str  # name of C ("" if none)
+    epilogue: _Epilogue  # alpha and a constant C * beta are folded in
+    bias: str  # a C the graph computes (not a constant), added at run time times beta; "" if none
     beta: float
     bufs: dict = field(default_factory=dict)
 
     def __call__(self, env: Env) -> None:
         a = env[self.src]
         a = a.swapaxes(-1, -2) if self.trans_a else a
-        if self.weights is not None:
-            xf = _buf(self.bufs, "x", a.shape, self.weights.dtype)
-            np.subtract(a, self.zero, out=xf, dtype=xf.dtype)
-            a, w = xf, self.weights
-        else:
-            w = env[self.b]
+        a, w = (self._input(a), self.weights) if self.weights is not None else (a, env[self.b])
         shape = np.broadcast_shapes(a.shape[:-2], w.shape[:-2]) + (a.shape[-2], w.shape[-1])
-        acc = np.matmul(a, w, out=_buf(self.bufs, "acc", shape, a.dtype))
-        bias = env[self.bias] if self.bias else None
-        if bias is not None and self.beta != 1.0:
-            bias = np.multiply(bias, self.beta, out=_buf(self.bufs, "c", bias.shape))
-        env[self.dst] = _epilogue(self.bufs, acc, self.mult, bias)
+        y = self.epilogue(self.bufs, np.matmul(a, w, out=_buf(self.bufs, "acc", shape, a.dtype)))
+        if self.bias:
+            c = env[self.bias]
+            y = np.add(y, np.multiply(c, self.beta, out=_buf(self.bufs, "c", c.shape)), out=y)
+        env[self.dst] = y
+
+    def _input(self, a: np.ndarray) -> np.ndarray:
+        if not self.zero and a.dtype == self.weights.dtype:
+            return a
+        xf = _buf(self.bufs, "x", a.shape, self.weights.dtype)
+        return np.subtract(a, self.zero or 0.0, out=xf, dtype=xf.dtype)
 
 
 def _op_matmul(node: _Node, ctx: _Ctx) -> Step:
@@ -407,16 +527,18 @@ def _dense(node: _Node, ctx: _Ctx, w_name: str, *, trans_a: bool, trans_b: bool,
     x, dst = node.input(0), node.outputs[0]
     qa, qw = ctx.qacts.get(x), ctx.qweights.get(w_name)
     n_axis = 0 if trans_b else 1
+    const_c = ctx.consts[bias].astype(np.float32) * np.float32(beta) if bias in ctx.consts else None
+    run_c = "" if const_c is not None else bias
     if qa is None or qw is None or qw.q.ndim != 2 or (qw.scale.size > 1 and qw.axis % 2 != n_axis):
         if trans_b:  # float path with a transposed constant weight: transpose it once
             w_name = _transposed_const(ctx, w_name, node)
         mult = None if alpha == 1.0 else np.float32(alpha)
-        return _Dense(x, w_name, dst, trans_a, None, None, mult, bias, beta)
+        return _Dense(x, w_name, dst, trans_a, None, None, _Epilogue(mult, const_c), run_c, beta)
     wi = qw.q.astype(np.float64) - _along(qw.zero, n_axis, 2)
     wi = wi.T if trans_b else wi
     mult = (np.float32(qa.scale * alpha) * qw.scale.reshape(-1)).astype(np.float32)
     w = wi.astype(_int_dtype(wi, qa.max_abs, 0))
-    return _Dense(qa.source, w_name, dst, trans_a, w, qa.zero, mult, bias, beta)
+    return _Dense(qa.source, w_name, dst, trans_a, w, qa.zero, _Epilogue(mult, const_c), run_c, beta)
 
 
 def _transposed_const(ctx: _Ctx, name: str, node: _Node) -> str:
@@ -425,34 +547,37 @@ def _transposed_const(ctx: _Ctx, name: str, node: _Node) -> str:
     return key
 
 
-def _op_pool(reduce: Callable, fill: float) -> Callable[[_Node, _Ctx], Step]:
+def _op_pool(combine: Callable, fill: float) -> Callable[[_Node, _Ctx], Step]:
+    """MaxPool (combine np.maximum) or AveragePool (np.add, then / taps): one ufunc per kernel offset."""
     def build(node: _Node, ctx: _Ctx) -> Step:
         window = _Window.from_attrs(node.attrs, node.attrs["kernel_shape"], node, ctx)
-        exclude_pad = reduce is np.mean and any(window.pads) and not node.attrs.get("count_include_pad", 0)
+        mean = combine is np.add
+        exclude_pad = mean and any(window.pads) and not node.attrs.get("count_include_pad", 0)
         src, dst, bufs = node.input(0), node.outputs[0], {}
 
         def step(env: Env) -> None:
             x = env[src]
-            padded, _ = _pad_into(bufs, x, window.pads, fill, np.float32)
-            view = window.view(padded)
-            k_axes = tuple(range(2, 2 + len(window.kernel)))
-            y = reduce(view, axis=k_axes, out=_buf(bufs, "y", x.shape[:2] + view.shape[2 + len(k_axes):]))
-            if exclude_pad:
-                np.multiply(y, _pad_counts(bufs, x.shape, window), out=y)
+            padded = _pad_into(bufs, x, window.pads, fill, np.float32)[0] if any(window.pads) else x
+            views = window.taps(padded)
+            y = _buf(bufs, "y", views[0].shape)
+            np.copyto(y, views[0], casting="unsafe")
+            for v in views[1:]:
+                combine(y, v, out=y)
+            if mean:
+                np.divide(y, _tap_counts(bufs, x.shape, window, exclude_pad), out=y)
             env[dst] = y
         return step
     return build
 
 
-def _pad_counts(bufs: dict, shape: tuple, window: _Window) -> np.ndarray:
-    """prod(kernel) / (valid taps per output): rescales a padded mean to exclude the pads."""
-    key = f"counts{shape}"
-    if key not in bufs:
+def _tap_counts(bufs: dict, shape: tuple, window: _Window, exclude_pad: bool) -> np.ndarray:
+    """Taps per output of an average: the kernel size, or only the taps inside the input."""
+    if not exclude_pad:
+        return np.float32(math.prod(window.kernel))
+    if bufs.get("counts_for") != shape:
         ones, _ = _pad_into({}, np.ones((1, 1) + shape[2:], np.float32), window.pads, 0.0, np.float32)
-        view = window.view(ones)
-        valid = view.sum(axis=tuple(range(2, 2 + len(window.kernel))))
-        bufs[key] = (np.prod(window.kernel) / valid).astype(np.float32)
-    return bufs[key]
+        bufs["counts"], bufs["counts_for"] = sum(window.taps(ones)), shape
+    return bufs["counts"]
 
 
 def _op_global_average_pool(node: _Node, ctx: _Ctx) -> Step:
@@ -622,7 +747,7 @@ _OPS: dict[str, Callable[[_Node, _Ctx], Step | None]] = {
     "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply), "Div": _binary(_div),
     "Pow": _binary(_pow), "Cast": _op_cast,
     "GlobalAveragePool": _op_global_average_pool,
-    "AveragePool": _op_pool(np.mean, 0.0), "MaxPool": _op_pool(np.max, -np.inf),
+    "AveragePool": _op_pool(np.add, 0.0), "MaxPool": _op_pool(np.maximum, -np.inf),
     "ReduceMean": _op_reduce(np.mean), "ReduceSum": _op_reduce(np.sum),
     "Reshape": _op_reshape, "Flatten": _op_flatten, "Squeeze": _axes_op(_squeeze),
     "Unsqueeze": _axes_op(_unsqueeze), "Transpose": _op_transpose, "Concat": _op_concat,
@@ -672,11 +797,29 @@ def _check_graph(graph: object) -> None:
             raise ValueError(f"bad node {str(n)[:60]}")
 
 
-def _plan(graph: dict, ctx: _Ctx) -> list[tuple[_Node, Step, set[str]]]:
+@dataclass
+class _Entry:
+    """One planned step: the node it came from, the tensors it reads and the ones it writes."""
+
+    node: _Node
+    step: Step
+    reads: set[str]
+    writes: list[str]
+
+
+def _nodes(graph: dict, ctx: _Ctx) -> list[_Node]:
+    nodes = [_Node(i, raw["op"], str(raw.get("name", "")), raw["inputs"], raw["outputs"], raw.get("attrs", {}))
+             for i, raw in enumerate(graph["nodes"])]
+    for node in nodes:
+        for name in node.inputs:
+            ctx.readers.setdefault(name, []).append(node)
+    return nodes
+
+
+def _plan(graph: dict, ctx: _Ctx) -> list[_Entry]:
     known = set(ctx.consts) | {v["name"] for v in graph["inputs"]} | {""}
     plan = []
-    for i, raw in enumerate(graph["nodes"]):
-        node = _Node(i, raw["op"], str(raw.get("name", "")), raw["inputs"], raw["outputs"], raw.get("attrs", {}))
+    for node in _nodes(graph, ctx):
         builder = _OPS.get(node.op)
         if builder is None:
             raise BundleError(f"{ctx.path}: unknown op {node.op!r} at {node.label()}: the numpy backend "
@@ -692,8 +835,8 @@ def _plan(graph: dict, ctx: _Ctx) -> list[tuple[_Node, Step, set[str]]]:
         if step is not None and all(n in ctx.consts for n in node.inputs if n):
             step(ctx.consts)  # constant folding: the outputs become constants
         elif step is not None:
-            plan.append((node, step, _reads(node, ctx, step)))
-    return plan
+            plan.append(_Entry(node, step, _reads(node, ctx, step), list(node.outputs)))
+    return _fuse_quantize(plan, ctx)
 
 
 def _reads(node: _Node, ctx: _Ctx, step: Step) -> set[str]:
@@ -705,13 +848,32 @@ def _reads(node: _Node, ctx: _Ctx, step: Step) -> set[str]:
     return reads
 
 
-def _prune(plan: list, outputs: list[str]) -> list[tuple[_Node, Step]]:
+def _fuse_quantize(plan: list[_Entry], ctx: _Ctx) -> list[_Entry]:
+    """Fold each centered QuantizeLinear into the Conv/Gemm/MatMul step that alone feeds it."""
+    producers = {name: e for e in plan for name in e.writes}
+    kept = []
+    for e in plan:
+        q = e.step
+        p = producers.get(q.src) if isinstance(q, _Quantize) and q.centered else None
+        if p is not None and _fusable(p.step) and len(ctx.readers[q.src]) == 1 and q.src not in ctx.outputs:
+            p.step.epilogue.fuse(q)
+            p.step.dst, p.writes = q.dst, [q.dst]
+        else:
+            kept.append(e)
+    return kept
+
+
+def _fusable(step: Step) -> bool:
+    return isinstance(step, _Conv) or (isinstance(step, _Dense) and not step.bias)
+
+
+def _prune(plan: list[_Entry], outputs: list[str]) -> list[tuple[_Node, Step]]:
     """Drop steps whose outputs no later step or graph output reads."""
     needed, kept = set(outputs), []
-    for node, step, reads in reversed(plan):
-        if needed & set(node.outputs):
-            needed |= reads
-            kept.append((node, step))
+    for e in reversed(plan):
+        if needed & set(e.writes):
+            needed |= e.reads
+            kept.append((e.node, e.step))
     return kept[::-1]
 
 
@@ -721,11 +883,11 @@ class NumpyInterpreter:
     def __init__(self, npz_path: str | Path) -> None:
         self.path = Path(npz_path)
         graph, inits = _read_npz(self.path)
-        ctx = _Ctx(self.path, dict(inits))
         self.inputs = {v["name"]: tuple(v["shape"]) for v in graph["inputs"]}
         self.output_names = list(graph["outputs"])
+        ctx = _Ctx(self.path, dict(inits), set(self.output_names))
         plan = _plan(graph, ctx)
-        produced = set(ctx.consts) | set(self.inputs) | {o for node, _, _ in plan for o in node.outputs}
+        produced = set(ctx.consts) | set(self.inputs) | {o for e in plan for o in e.writes}
         lost = [o for o in self.output_names if o not in produced]
         if lost:
             raise BundleError(f"{self.path}: graph output {lost[0]!r} is never produced: re-export the model")
@@ -755,13 +917,56 @@ class NumpyInterpreter:
         return {name: np.array(self._env[name], dtype=np.float32) for name in self.output_names}
 
 
+class _BlasThreads:
+    """The size of numpy's OpenBLAS thread pool (process-wide), through ctypes.
+
+    `limit(n)` sets it and returns the previous size, for the caller to restore. Where numpy's
+    BLAS is not an OpenBLAS found among the loaded libraries (e.g. Accelerate on macOS), it
+    does nothing and returns None."""
+
+    _SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                "openblas_set_num_threads64_", "openblas_set_num_threads")
+
+    def __init__(self) -> None:
+        self._get = self._set = None
+        lib = _openblas()
+        name = next((s for s in self._SETTERS if lib is not None and hasattr(lib, s)), None)
+        if name is not None and hasattr(lib, name.replace("_set_", "_get_")):
+            self._set, self._get = getattr(lib, name), getattr(lib, name.replace("_set_", "_get_"))
+            self._set.argtypes, self._set.restype, self._get.restype = [ctypes.c_int], None, ctypes.c_int
+
+    def limit(self, n: int | None) -> int | None:
+        if self._set is None or n is None:
+            return None
+        previous = self._get()
+        if previous != n:
+            self._set(n)
+        return previous
+
+
+def _openblas() -> ctypes.CDLL | None:
+    """The OpenBLAS library numpy loaded (Linux: /proc/self/maps; wheels: numpy.libs), or None."""
+    maps = Path("/proc/self/maps")
+    mapped = [line.split(None, 5)[-1].strip() for line in maps.read_text().splitlines()] if maps.exists() else []
+    bundled = [str(p) for p in (Path(np.__file__).parent.parent / "numpy.libs").glob("*openblas*")]
+    for path in dict.fromkeys(p for p in mapped + bundled if "openblas" in Path(p).name.lower()):
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
 class NumpySession:
-    """Backend session: inputs by name, outputs by role (bundle.outputs)."""
+    """Backend session: inputs by name, outputs by role (bundle.outputs). Each run uses `threads`
+    BLAS threads (None: numpy's default) and puts the process's setting back afterwards."""
 
     name = NAME
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, threads: int | None = 1) -> None:
         self.interpreter = NumpyInterpreter(bundle.payload("npz"))
+        self.threads = threads
+        self._blas = _BlasThreads()
         self._roles = dict(bundle.outputs)
         missing = [g for g in self._roles.values() if g not in self.interpreter.output_names]
         if missing:
@@ -769,10 +974,14 @@ class NumpySession:
                               f"({self.interpreter.output_names}): re-export the bundle")
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.interpreter.run(inputs)
+        previous = self._blas.limit(self.threads)
+        try:
+            out = self.interpreter.run(inputs)
+        finally:
+            self._blas.limit(previous)
         return {role: out[graph_name] for role, graph_name in self._roles.items()}
 
 
-def load(bundle: Bundle, threads: int = 1) -> NumpySession:
-    """Open the bundle's model.npz; `threads` is ignored (numpy's BLAS decides)."""
-    return NumpySession(bundle)
+def load(bundle: Bundle, threads: int | None = 1) -> NumpySession:
+    """Open the bundle's model.npz; runs use `threads` BLAS threads (None: leave numpy's setting)."""
+    return NumpySession(bundle, threads)
