@@ -104,8 +104,8 @@ def augment_audio(wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     noise = torch.from_numpy(rng.standard_normal(wave.shape).astype(np.float32))
     brown = torch.from_numpy(rng.random((b, 1)) < 0.5)
     noise = torch.where(brown, _brown(noise), noise)
-    snr_db = torch.from_numpy(rng.uniform(5.0, 40.0, (b, 1)).astype(np.float32))
-    use = torch.from_numpy((rng.random((b, 1)) < 0.6).astype(np.float32))
+    snr_db = torch.from_numpy(rng.uniform(10.0, 40.0, (b, 1)).astype(np.float32))
+    use = torch.from_numpy((rng.random((b, 1)) < 0.4).astype(np.float32))
     power = wave.pow(2).mean(1, keepdim=True) + 1e-8
     scale = torch.sqrt(power / (noise.pow(2).mean(1, keepdim=True) + 1e-8) / 10 ** (snr_db / 10))
     wave = wave + use * scale * noise

@@ -253,10 +253,12 @@ def singles(inputs: list[np.ndarray], labels: np.ndarray, per_item: int) -> tupl
 
 
 def split_arrays(modality: str, root: Path, part: str, cache: Path = Path("runs/cache")) -> Arrays:
-    """One split ('train', 'val', 'test') of the modality's corpus."""
-    if modality == "face":
+    """One split ('train', 'val', 'test') of the modality's corpus (see `load_splits`)."""
+    if modality == "face" and (root / "fer2013").is_dir():
         return face_arrays(fer_items(root)[part])
-    return audio_arrays(_ravdess_items(root)[part], AUDIO_LABELS, cache)
+    if modality == "audio" and (root / "ravdess_speech").is_dir():
+        return audio_arrays(_ravdess_items(root)[part], AUDIO_LABELS, cache)
+    return generic_splits(modality, root, cache, None)[0][part]
 
 
 def calibration_inputs(modality: str, data: str | None = None, limit: int = 200) -> list[np.ndarray]:
@@ -289,11 +291,15 @@ def input_spec(modality: str) -> dict:
     return {"name": "face", "shape": [1, 1, FACE.size, FACE.size], "dtype": "float32", "face": FACE.to_dict()}
 
 
-def provenance(modality: str, result: dict) -> dict:
-    corpus = ("RAVDESS speech (actors 01-16 train, 17-18 validation/calibration, 19-20 test; "
-              "CC BY-NC-SA 4.0)" if modality == "audio" else
-              "FER2013 train folder (stratified seed-0 split: 85 % train, 5 % validation/calibration, "
-              "10 % test; research use)")
+def provenance(modality: str, result: dict, root: Path) -> dict:
+    if modality == "audio" and (root / "ravdess_speech").is_dir():
+        corpus = ("RAVDESS speech (actors 01-16 train, 17-18 validation/calibration, 19-20 test; "
+                  "CC BY-NC-SA 4.0)")
+    elif modality == "face" and (root / "fer2013").is_dir():
+        corpus = ("FER2013 train folder (stratified seed-0 split: 85 % train, 5 % validation/calibration, "
+                  "10 % test; research use)")
+    else:
+        corpus = f"data folder {root} (labels.csv; speaker fold 0 of 5 held out for test)"
     teacher = result["teacher"] or "none: trained from labels alone (no teacher checkpoint was available)"
     return {"trained_on": corpus, "teacher": teacher, "created": date.today().isoformat(),
             "code": _git_sha(), "params": result["params"], "epochs_run": len(result["history"]),
@@ -318,7 +324,7 @@ def export_modality(modality: str, runs: Path, root: Path, models: Path, target:
     val = split_arrays(modality, root, "val")
     check = singles(model_inputs(modality, val), val.y, 8)
     manifest = {"name": modality, "modality": modality, "labels": labels, "input": spec,
-                "embedding_dim": EMBEDDING_DIM, "metrics": {}, "provenance": provenance(modality, result)}
+                "embedding_dim": EMBEDDING_DIM, "metrics": {}, "provenance": provenance(modality, result, root)}
     folder = make_bundle(float_path, models / modality, load_scheme(target),
                          calibration_inputs(modality, str(root)), manifest, check=check)
     _set_metrics(folder, held_out_metrics(folder, modality, root, labels, result))
@@ -330,10 +336,12 @@ def held_out_metrics(folder: Path, modality: str, root: Path, labels: list[str],
     from edge.bundle import load_bundle
     bundle = load_bundle(folder)
     parts = {"test": split_arrays(modality, root, "test")}
-    if modality == "audio":
+    if modality == "audio" and (root / "emodb_2s").is_dir():
         parts["emodb"] = emodb_arrays(root, Path("runs/cache"))
-    out = {"split": "RAVDESS actors 19-20 (never seen), mean over 2.0 s windows" if modality == "audio"
-           else "FER2013 held-out 10 % of train (stratified, seed 0)"}
+    out = {"split": "RAVDESS actors 19-20 (never seen), mean over 2.0 s windows"
+           if (root / "ravdess_speech").is_dir() and modality == "audio"
+           else "FER2013 held-out 10 % of train (stratified, seed 0)" if (root / "fer2013").is_dir()
+           else f"{root.name}: test speakers of fold 0 of 5 (never seen)"}
     for kind, tag in (("int8.onnx", "int8"), ("onnx", "float")):
         for part, data in parts.items():
             probs = session_probs(bundle.payload(kind), bundle.outputs, model_inputs(modality, data),

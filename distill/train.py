@@ -38,11 +38,10 @@ import torch.nn.functional as F
 
 from distill.data import Item, load_corpus, read_split, speaker_folds, split_by_speaker, write_split
 from distill.data.batches import TeacherData, Unit, collate, prepare, window_samples
-from distill.data.items import EXTRA_LABELS
 from distill.losses import hgr_three_way
 from distill.models.teacher import Teacher, TeacherConfig, read_checkpoint, save_teacher
 from edge.errors import AvemoError
-from edge.settings import LABELS
+from edge.settings import LABELS, OTHER_LABELS
 
 
 def base_units(data: TeacherData) -> list[Unit]:
@@ -150,7 +149,7 @@ def make_split(items: list[Item], args: argparse.Namespace) -> dict[str, list[st
 def model_labels(items: Sequence[Item]) -> tuple[str, ...]:
     """The labels present in the training items, in canonical order."""
     present = {it.label for it in items if it.label}
-    return tuple(label for label in (*LABELS, *EXTRA_LABELS) if label in present)
+    return tuple(label for label in (*LABELS, *OTHER_LABELS) if label in present)
 
 
 def describe(items: Sequence[Item], args: argparse.Namespace, n_hidden: int) -> dict:

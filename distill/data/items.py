@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import AvemoError
-from edge.settings import LABEL_ALIASES, LABELS
+from edge.settings import LABEL_ALIASES, LABELS, OTHER_LABELS
 
 AUDIO_EXT = (".wav", ".flac", ".mp3", ".ogg")
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -46,18 +46,14 @@ class Item:
         return self.video is not None or self.image is not None
 
 
-EXTRA_LABELS = ("boredom", "contempt")
-"""Emotions some corpora label outside LABELS (EmoDB: boredom). Kept as they are; a model
-that lacks them leaves them out at evaluation (edge.evaluate.score), never guesses."""
-
-
 def canonical_label(raw: str) -> str | None:
     """Canonical spelling of `raw`, or None if it is not an emotion label we know.
 
-    'calm' stays 'calm' (it is canonical); only non-canonical spellings are aliased.
+    'calm' stays 'calm' (it is canonical) and OTHER_LABELS (EmoDB's boredom) are kept as they
+    are; only non-canonical spellings are aliased.
     """
     name = raw.strip().lower()
-    if name in LABELS or name in EXTRA_LABELS:
+    if name in LABELS or name in OTHER_LABELS:
         return name
     return LABEL_ALIASES.get(name)
 

@@ -93,8 +93,25 @@ class AudioStudent(nn.Module):
         self.head = EmbeddingHead(cin * n_bands, n_labels, dropout)
 
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.norm(self.frontend(wave)).unsqueeze(1)
-        return self.head(self.body(x).mean(dim=2).flatten(1))
+        x = self.norm(self.frontend(wave))
+        if self.training:
+            x = spec_augment(x)
+        return self.head(self.body(x.unsqueeze(1)).mean(dim=2).flatten(1))
+
+
+def spec_augment(x: torch.Tensor, bands: int = 6, frames: int = 20, masks: int = 2) -> torch.Tensor:
+    """SpecAugment (training only, never exported): zero `masks` random runs of up to
+    `bands` mel bands and of up to `frames` frames per item of a normalized log-mel [B, F, M]."""
+    b, f, m = x.shape
+    keep = torch.ones_like(x)
+    for _ in range(masks):
+        for size, length, axis in ((bands, m, 2), (frames, f, 1)):
+            width = torch.randint(0, size + 1, (b, 1))
+            start = (torch.rand(b, 1) * (length - width).clamp_min(1)).long()
+            pos = torch.arange(length)[None, :]
+            hit = ((pos >= start) & (pos < start + width)).float()
+            keep = keep * (1 - (hit[:, None, :] if axis == 2 else hit[:, :, None]))
+    return x * keep
 
 
 class InvertedResidual(nn.Module):

@@ -1,0 +1,29 @@
+"""`make distill` with no DATA: the whole chain on the synthetic corpus, then the runtime on its bundles."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+from conftest import DEMO_VIDEO  # noqa: E402
+from edge.bundle import load_bundle  # noqa: E402
+
+
+def test_synthetic_chain_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "distill.pipeline", "--out", str(out), "--epochs", "1",
+                        "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (out / "teacher" / "teacher.pt").is_file()
+    for modality in ("audio", "face"):
+        bundle = load_bundle(out / "models" / modality)
+        assert bundle.modality == modality and bundle.manifest["metrics"]["uar"] >= 0
+        assert "synthetic" in bundle.manifest["provenance"]["trained_on"]
+        assert load_bundle(out / "quantized-x86" / modality).manifest["quantization"]["reduce_range"]
+    run = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--video", str(DEMO_VIDEO), "--duration", "2",
+                          "--audio-model", str(out / "models" / "audio"), "--face-model", str(out / "models" / "face")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert len([json.loads(line) for line in run.stdout.splitlines()]) == 4
