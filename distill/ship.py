@@ -319,16 +319,54 @@ def export_modality(modality: str, runs: Path, root: Path, models: Path, target:
     labels = result["labels"]
     spec = input_spec(modality)
     example = torch.zeros(1, window_samples()) if modality == "audio" else torch.zeros(1, 1, FACE.size, FACE.size)
-    float_path = export_onnx(fold_batchnorm(load_student(runs / f"{modality}.pt")), example,
-                             runs / f"{modality}.onnx", spec["name"], dynamic_time_axis=modality == "audio")
+    student = load_student(runs / f"{modality}.pt")
     val = split_arrays(modality, root, "val")
+    shift = adjust_for_priors(student, val, train_label_counts(modality, root, labels), labels)
+    float_path = export_onnx(fold_batchnorm(student), example, runs / f"{modality}.onnx", spec["name"],
+                             dynamic_time_axis=modality == "audio")
     check = singles(model_inputs(modality, val), val.y, 8)
     manifest = {"name": modality, "modality": modality, "labels": labels, "input": spec,
-                "embedding_dim": EMBEDDING_DIM, "metrics": {}, "provenance": provenance(modality, result, root)}
+                "embedding_dim": EMBEDDING_DIM, "metrics": {},
+                "provenance": {**provenance(modality, result, root), "prior_shift": shift}}
     folder = make_bundle(float_path, models / modality, load_scheme(target),
                          calibration_inputs(modality, str(root)), manifest, check=check)
     _set_metrics(folder, held_out_metrics(folder, modality, root, labels, result))
     return folder
+
+
+def train_label_counts(modality: str, root: Path, labels: list[str]) -> np.ndarray:
+    """Training items per label (from the item lists, no decoding)."""
+    if modality == "face" and (root / "fer2013").is_dir():
+        items = fer_items(root)["train"]
+    elif modality == "audio" and (root / "ravdess_speech").is_dir():
+        items = _ravdess_items(root)["train"]
+    else:
+        return np.ones(len(labels))
+    return np.array([sum(it.label == label for it in items) for label in labels], np.float64)
+
+
+TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def adjust_for_priors(model: torch.nn.Module, val: Arrays, counts: np.ndarray, labels: list[str]) -> dict:
+    """Logit adjustment (Menon et al., ICLR 2021). Class-balanced training learns posteriors
+    for a uniform prior; adding tau * log(prior) to the classifier bias moves them back toward
+    the data's prior. tau is chosen on the validation split by macro-F1 (never on test), and
+    written into the classifier bias, so the exported model carries it."""
+    log_prior = torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+    probs = torch.from_numpy(predict(model, val))
+    logits = torch.log(probs.clamp_min(1e-12))
+
+    def f1(tau: float) -> float:
+        pred = (logits + tau * log_prior).argmax(1).numpy()
+        return classification_report([labels[i] for i in val.y], [labels[i] for i in pred], labels)["macro_f1"]
+
+    scores = {tau: f1(tau) for tau in TAUS}
+    best = max(scores, key=scores.get)
+    with torch.no_grad():
+        model.head.classifier.bias += best * log_prior
+    return {"tau": best, "val_macro_f1": {str(k): round(v, 4) for k, v in scores.items()},
+            "train_counts": counts.astype(int).tolist()}
 
 
 def held_out_metrics(folder: Path, modality: str, root: Path, labels: list[str], result: dict) -> dict:

@@ -18,6 +18,12 @@ DEMO_WAV = REPO / "edge" / "assets" / "demo.wav"
 PORTRAIT = REPO / "edge" / "assets" / "portrait.jpg"
 
 
+def rss_kb() -> int:
+    """This process's resident set size (VmRSS), kB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
 def shipped(name: str) -> Path | None:
     path = REPO / "edge" / "models" / name
     return path if (path / "manifest.json").is_file() else None

@@ -5,7 +5,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from conftest import PORTRAIT  # noqa: E402
+from conftest import PORTRAIT, rss_kb  # noqa: E402
 from edge.pipeline import Pipeline  # noqa: E402
 from edge.profiles import load_profile  # noqa: E402
 from edge.ring import AudioRing, FrameRing  # noqa: E402
@@ -18,13 +18,6 @@ def numpy_bytes(snapshot: tracemalloc.Snapshot) -> int:
     """Bytes held by numpy array data (numpy traces them in its own tracemalloc domain)."""
     only_numpy = tracemalloc.DomainFilter(inclusive=True, domain=np.lib.tracemalloc_domain)
     return sum(stat.size for stat in snapshot.filter_traces([only_numpy]).statistics("filename"))
-
-
-def rss_kb() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 @pytest.fixture(scope="module")

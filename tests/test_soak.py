@@ -4,15 +4,8 @@ import threading
 
 import pytest
 
-from conftest import DEMO_VIDEO
+from conftest import DEMO_VIDEO, rss_kb
 from edge.stream import Stream
-
-
-def rss_kb() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 @pytest.fixture(scope="module")
