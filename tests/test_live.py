@@ -32,11 +32,13 @@ def lines(stdout):
 
 def speech_file(tmp_path):
     """Real speech: three RAVDESS utterances of an actor the model never saw, back to back
-    (10 s); the demo's espeak-ng speech when ../shared/data is absent."""
+    (10 s). Without ../shared/data the test is skipped: on espeak-ng speech the shipped audio
+    model hovers between angry and disgust, so its labels flip on the small differences the
+    PulseAudio path adds, and the test would measure that, not the microphone path."""
     actor = SHARED_DATA / "ravdess_speech" / "Actor_20"
     files = [actor / f"03-01-{e}-02-01-01-20.flac" for e in ("05", "03", "04")]
     if not all(f.is_file() for f in files):
-        return DEMO_WAV
+        pytest.skip("needs real speech from ../shared/data/ravdess_speech (see speech_file)")
     from edge.audio import read_audio
     return write_wav(tmp_path / "speech.wav", np.concatenate([read_audio(f) for f in files]), 16000)
 
@@ -47,12 +49,13 @@ WINDOW_S = 2.0
 """The x86 profile's audio window."""
 
 
-def best_alignment(live, replay):
-    """Shift (in hops) of the live stream that best matches the replay's loudness contour."""
-    a = np.array([r["audio"]["level_dbfs"] for r in live])
-    b = np.array([r["audio"]["level_dbfs"] for r in replay])
-    scores = [np.mean(np.abs(a[k:k + len(b)] - b[:len(a) - k])) for k in range(0, len(a) - len(b) // 2)]
-    return int(np.argmin(scores))
+def onset_shift(live, replay):
+    """Hops between the two streams' first voiced hop: the same VAD on the same speech fires
+    at the same point of it, so this aligns them to within one hop (no circularity: it uses
+    neither labels nor probabilities)."""
+    def first(results):
+        return next(i for i, r in enumerate(results) if r["audio"]["voiced"])
+    return first(live) - first(replay)
 
 
 def test_mic_stream_agrees_with_the_same_file(bundles, tmp_path):
@@ -66,7 +69,7 @@ def test_mic_stream_agrees_with_the_same_file(bundles, tmp_path):
     live = lines(out)
     replay = lines(subprocess.run([*CLI, "run", "--audio", str(wav), "--hop", str(HOP), *models(bundles)],
                                   capture_output=True, text=True, check=True).stdout)
-    k = best_alignment(live, replay)
+    k = onset_shift(live, replay)
     # compare hops whose window lies inside the file: before the replay's first full window
     # (t < window) the replay sees a shorter input while the mic's window also holds the
     # silence recorded before playback began
