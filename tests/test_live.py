@@ -44,18 +44,27 @@ def speech_file(tmp_path):
 
 
 HOP = 0.1
-"""Fine hops, so the live stream's hop grid lands within 50 ms of the replay's."""
+"""Live hop."""
+FINE = 0.01
+"""Replay hop: a fine grid, so each live window finds its replay twin within 5 ms."""
 WINDOW_S = 2.0
 """The x86 profile's audio window."""
 
 
-def onset_shift(live, replay):
-    """Hops between the two streams' first voiced hop: the same VAD on the same speech fires
-    at the same point of it, so this aligns them to within one hop (no circularity: it uses
-    neither labels nor probabilities)."""
-    def first(results):
-        return next(i for i, r in enumerate(results) if r["audio"]["voiced"])
-    return first(live) - first(replay)
+def align(live, replay):
+    """Offset (s) of the file's start in the live stream, from the loudness contour alone:
+    each live hop's window level against the fine-grid replay's (no labels or probabilities)."""
+    t = np.array([r["t"] for r in live])
+    level = np.array([r["audio"]["level_dbfs"] for r in live])
+    ref = np.array([r["audio"]["level_dbfs"] for r in replay])
+    best, best_cost = 0.0, np.inf
+    for d in np.arange(0.0, t[-1], FINE):
+        j = np.round((t - d) / FINE).astype(int) - 1
+        ok = (j >= 0) & (j < len(ref))
+        if ok.sum() >= len(ref) * FINE / HOP * 0.8:
+            cost = np.abs(level[ok] - ref[j[ok]]).mean()
+            best, best_cost = (d, cost) if cost < best_cost else (best, best_cost)
+    return best
 
 
 def test_mic_stream_agrees_with_the_same_file(bundles, tmp_path):
@@ -67,17 +76,18 @@ def test_mic_stream_agrees_with_the_same_file(bundles, tmp_path):
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     live = lines(out)
-    replay = lines(subprocess.run([*CLI, "run", "--audio", str(wav), "--hop", str(HOP), *models(bundles)],
-                                  capture_output=True, text=True, check=True).stdout)
-    k = onset_shift(live, replay)
-    # compare hops whose window lies inside the file: before the replay's first full window
-    # (t < window) the replay sees a shorter input while the mic's window also holds the
-    # silence recorded before playback began
-    full = int(round(WINDOW_S / HOP))
-    pairs = [(a["audio"], b["audio"]) for a, b in zip(live[k + full:], replay[full:])
-             if a["audio"]["voiced"] and b["audio"]["voiced"]]
-    assert len(pairs) >= 20, "the played speech should be voiced on many hops"
-    agree = sum(a["label"] == b["label"] for a, b in pairs) / len(pairs)
+    replay = lines(subprocess.run([*CLI, "run", "--audio", str(wav), "--hop", str(FINE), "--audio-model",
+                                   bundles["audio"]], capture_output=True, text=True, check=True).stdout)
+    d = align(live, replay)
+    pairs = []
+    for r in live:
+        j = int(round((r["t"] - d) / FINE)) - 1
+        # only windows that lie inside the file: before the replay's first full window it sees
+        # a shorter input while the mic's window also holds the silence before playback
+        if (j + 1) * FINE >= WINDOW_S and j < len(replay) and r["audio"]["voiced"] and replay[j]["audio"]["voiced"]:
+            pairs.append((r["audio"]["label"], replay[j]["audio"]["label"]))
+    assert len(pairs) >= 40, "the played speech should be voiced on many hops"
+    agree = sum(a == b for a, b in pairs) / len(pairs)
     assert agree >= 0.9, f"mic vs file labels agree on {agree:.0%} of {len(pairs)} voiced hops"
 
 
