@@ -65,11 +65,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def pretty(result) -> str:
     """One human-readable line per hop."""
-    def top(part):
-        return f"{part['label']} {max(part['probs'].values()):.2f}" if part and part.get("probs") else "-"
-    audio = top(result.audio) if result.audio else "n/a"
-    face = top(result.face) if result.face is not None else "no face"
-    fused = top(result.fused)
+    from edge.pipeline import top_label
+    audio = top_label(result.audio) if result.audio else "n/a"
+    face = top_label(result.face) if result.face is not None else "no face"
+    fused = top_label(result.fused)
     return f"t={result.t:7.2f}s  fused: {fused:<16} audio: {audio:<16} face: {face:<16} " \
            f"{result.latency_ms.get('total', 0):6.1f} ms"
 

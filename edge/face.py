@@ -130,7 +130,8 @@ class FaceStage:
             return frame
         if self._gray is None or self._gray.shape != frame.shape[:2]:
             self._gray = np.empty(frame.shape[:2], np.uint8)
-        return _cv2().cvtColor(frame, _cv2().COLOR_BGR2GRAY, dst=self._gray)
+        cv2 = _cv2()
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY, dst=self._gray)
 
     def process(self, frame: np.ndarray) -> Box | None:
         """Update the tracked box from this frame and crop it into `self.input`."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edge.errors import MediaError
 from edge.face import _cv2
-from edge.pipeline import Result
+from edge.pipeline import Result, top_label
 
 GREEN, WHITE, BLACK = (60, 200, 60), (255, 255, 255), (0, 0, 0)
 
@@ -19,12 +19,6 @@ def _text(frame, text: str, y: int) -> None:
     cv2 = _cv2()
     cv2.putText(frame, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, 0.55, BLACK, 3, cv2.LINE_AA)
     cv2.putText(frame, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, 0.55, WHITE, 1, cv2.LINE_AA)
-
-
-def _describe(part: dict | None, name: str) -> str:
-    if not part or not part.get("probs"):
-        return f"{name}: -"
-    return f"{name}: {part['label']} {max(part['probs'].values()):.2f}"
 
 
 def draw(frame, result: Result | None) -> None:
@@ -37,9 +31,9 @@ def draw(frame, result: Result | None) -> None:
         cv2.rectangle(frame, (x, y), (x + w, y + h), GREEN, 2)
         cv2.putText(frame, result.face["label"], (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.6, GREEN, 2, cv2.LINE_AA)
-    _text(frame, _describe(result.fused, "fused"), 22)
-    _text(frame, _describe(result.audio, "voice"), 44)
-    _text(frame, _describe(result.face, "face"), 66)
+    _text(frame, f"fused: {top_label(result.fused)}", 22)
+    _text(frame, f"voice: {top_label(result.audio)}", 44)
+    _text(frame, f"face: {top_label(result.face)}", 66)
 
 
 def write_overlay(video: str | Path, results: list[Result], out: str | Path) -> Path:

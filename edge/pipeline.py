@@ -49,6 +49,13 @@ class Result:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
 
+def top_label(part: dict | None) -> str:
+    """"label p" for one modality's part of a result, "-" when it has no probabilities."""
+    if not part or not part.get("probs"):
+        return "-"
+    return f"{part['label']} {max(part['probs'].values()):.2f}"
+
+
 def _probs_dict(labels: tuple[str, ...], probs: np.ndarray) -> dict[str, float]:
     return {label: round(float(p), 4) for label, p in zip(labels, probs)}
 
