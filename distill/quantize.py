@@ -9,11 +9,12 @@ Out: a bundle folder (docs/bundle-format.md) per model:
     with `symmetric = true` (Jetson/TensorRT), int8 with zero point 0; `reduce_range` (x86
     without VNNI) uses 7-bit weights. Everything upstream of the first Conv (the log-mel
     front end and the per-utterance normalization) stays float. Payloads: model.onnx,
-    model.int8.onnx, model.npz.
+    model.int8.onnx, model.npz, and with `tflite = true` (rpi4, rpi5) model.tflite: the
+    int8 QDQ graph converted to an int8 LiteRT flatbuffer by distill/tflite.py (no
+    TensorFlow; needs ai-edge-litert for its schema), its LiteRT-vs-onnxruntime argmax
+    agreement recorded as agreement.litert_vs_onnxruntime_argmax.
   scheme "fp16" (Jetson Nano): model.onnx converted to float16 weights and activations with
     float32 graph inputs/outputs; no int8 payload.
-No .tflite is written: producing one without TensorFlow is not possible with the tools
-installed here (ai-edge-litert only runs models), so `tflite = true` is reported, not met.
 
 CLI: python -m distill.quantize --target jetson [--models edge/models] [--out DIR] [--data D]
 """
@@ -32,7 +33,7 @@ import numpy as np
 import onnx
 
 from distill.export import agreement, frontend_node_names, quantize_int8, write_bundle
-from edge.bundle import FORMAT, MANIFEST, load_bundle, write_manifest
+from edge.bundle import FORMAT, MANIFEST, PAYLOADS, load_bundle, write_manifest
 from edge.errors import ConfigError
 
 _LOGGER = logging.getLogger(__name__)
@@ -119,18 +120,34 @@ def make_bundle(float_path: str | Path, out_dir: str | Path, scheme: QuantScheme
                 manifest: dict, check: tuple[list[np.ndarray], np.ndarray | None] | None = None) -> Path:
     """Quantize `float_path` per `scheme` and write a bundle whose manifest is `manifest`
     (name, modality, labels, input, embedding_dim, metrics, provenance) plus quantization and,
-    for int8 with `check` = (inputs, labels), the measured agreement."""
+    for int8 with `check` = (inputs, labels), the measured agreement. With `scheme.tflite`
+    the bundle also gets model.tflite (distill/tflite.py) and, with `check`, its agreement."""
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         if scheme.scheme == "fp16":
             return _fp16_bundle(float_path, out_dir, scheme, manifest, Path(tmp))
+        _check_tflite_tools(scheme)
         int8 = quantize_model(float_path, tmp, scheme, calib, manifest["input"]["name"])
         fields = {k: manifest[k] for k in ("name", "modality", "labels", "embedding_dim", "metrics", "provenance")}
+        (out_dir / PAYLOADS["tflite"]).unlink(missing_ok=True)  # never list a stale one
         write_bundle(out_dir, input_spec=manifest["input"], float_onnx=float_path, int8_onnx=int8,
                      quantization=scheme.manifest(), agreement=None, **fields)
-    if check is not None:
-        _add_agreement(out_dir, agreement(out_dir, *check))
+    result = agreement(out_dir, *check) if check is not None else {}
+    if scheme.tflite:
+        from distill.tflite import litert_agreement, onnx_to_tflite
+        onnx_to_tflite(out_dir / PAYLOADS["int8.onnx"], out_dir / PAYLOADS["tflite"])
+        if check is not None:
+            result["litert_vs_onnxruntime_argmax"] = litert_agreement(out_dir, check[0])
+    if check is not None or scheme.tflite:
+        _add_agreement(out_dir, result)  # rewrites the manifest; its files list model.tflite too
     return out_dir
+
+
+def _check_tflite_tools(scheme: QuantScheme) -> None:
+    from edge.backends import litert
+    if scheme.tflite and not litert.available():
+        raise ConfigError(f"{scheme.target} asks for a .tflite (tflite = true): the converter needs "
+                          f"ai-edge-litert for its flatbuffer schema; pip install avemo-edge[litert]")
 
 
 def _fp16_bundle(float_path: str | Path, out_dir: Path, scheme: QuantScheme, manifest: dict, tmp: Path) -> Path:
@@ -164,8 +181,6 @@ def quantize_target(target: str, models: Path, out: Path, calibration: dict[str,
         written.append(make_bundle(bundle.payload("onnx"), out / bundle.name, scheme, calib, manifest,
                                    check=(calib, None)))
         _LOGGER.info("%s: %s bundle for %s in %s", bundle.name, scheme.scheme, scheme.target, written[-1])
-    if scheme.tflite:
-        _LOGGER.warning("%s asks for a .tflite: not produced (needs TensorFlow, not installed)", scheme.target)
     return written
 
 

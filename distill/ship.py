@@ -40,13 +40,15 @@ _LOGGER = logging.getLogger(__name__)
 AUDIO_LABELS = list(LABELS)
 FACE_LABELS = ["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise"]
 EMODB_LABELS = ["neutral", "happy", "sad", "angry", "fear", "disgust"]
+SHARED_LABELS = {"audio": AUDIO_LABELS, "face": FACE_LABELS}
+"""Label order of the models trained on the shared corpora (RAVDESS's 8, FER2013's 7)."""
 VAL_ACTORS = ("Actor_17", "Actor_18")
 TEST_ACTORS = ("Actor_19", "Actor_20")
 FER_TEST, FER_VAL = 0.10, 0.05
 TRIM_DB = 40.0
 """Leading/trailing hops quieter than peak - TRIM_DB are cut (an offline VAD)."""
 AUDIO_CFG = FitConfig(epochs=70, batch=32, lr=3e-3)
-FACE_CFG = FitConfig(epochs=14, batch=128, lr=4e-3, weight_decay=1e-3)
+FACE_CFG = FitConfig(epochs=14, batch=128, lr=4e-3, weight_decay=1e-3, balance=0.5)
 
 
 def data_root(arg: str | None) -> Path:
@@ -93,10 +95,6 @@ def _ravdess_items(root: Path) -> dict[str, list]:
     return part
 
 
-def ravdess_splits(root: Path, cache: Path) -> dict[str, Arrays]:
-    return {k: audio_arrays(v, AUDIO_LABELS, cache) for k, v in _ravdess_items(root).items()}
-
-
 def emodb_arrays(root: Path, cache: Path) -> Arrays:
     """EmoDB's 6 shared labels, read from its labels.csv (boredom rows dropped)."""
     from distill.data import Item
@@ -138,17 +136,33 @@ def face_arrays(items: list, labels: list[str] = FACE_LABELS) -> Arrays:
     return Arrays(x=faces, y=np.array([labels.index(it.label) for it in items], np.int64))
 
 
-def fer_splits(root: Path) -> dict[str, Arrays]:
-    return {k: face_arrays(v) for k, v in fer_items(root).items()}
+def shared_corpus_items(modality: str, root: Path) -> dict[str, list] | None:
+    """The fixed train/val/test item lists of the shared corpus for `modality` (RAVDESS for
+    audio, FER2013 for face; module docstring), or None when `root` does not hold it."""
+    if modality == "audio" and (root / "ravdess_speech").is_dir():
+        return _ravdess_items(root)
+    if modality == "face" and (root / "fer2013").is_dir():
+        return fer_items(root)
+    return None
+
+
+def item_arrays(modality: str, items: list, labels: list[str], cache: Path) -> Arrays:
+    return audio_arrays(items, labels, cache) if modality == "audio" else face_arrays(items, labels)
 
 
 # ---------------------------------------------------------------- training
 
 def teacher_targets(teacher_path: str | None, data: Arrays, modality: str, labels: list[str]) -> Arrays:
     """Attach the teacher's logits (columns reordered to `labels`; a label the teacher lacks
-    gets -30) and common-space embedding to every item, if a teacher is given."""
+    gets -30) and common-space embedding to every item, if a teacher is given. A
+    comma-separated list of student checkpoints (`.../audio.pt,...`) is an ensemble teacher:
+    its logits are the log of the members' mean probabilities, and it has no embedding."""
     if not teacher_path:
         return data
+    members = [Path(p) for p in teacher_path.split(",")]
+    if all(p.stem == modality for p in members):
+        probs = np.mean([predict(load_student(p), data) for p in members], axis=0)
+        return replace(data, teacher_logits=np.log(np.clip(probs, 1e-6, None)).astype(np.float32))
     from distill.models.teacher import load_teacher
     teacher, _ = load_teacher(teacher_path)
     with torch.no_grad():
@@ -172,15 +186,16 @@ def build(modality: str, n_labels: int) -> torch.nn.Module:
 
 
 def load_splits(modality: str, root: Path, cache: Path, teacher: str | None = None) -> tuple[dict[str, Arrays], list[str]]:
-    """(splits, labels): the shared corpora (module docstring), or any one corpus folder
-    (e.g. the synthetic one) split by speaker like the teacher was, else fold 0 of 5."""
-    if (root / "ravdess_speech").is_dir() and modality == "audio":
-        splits = ravdess_splits(root, cache)
+    """(splits, labels): the shared corpora (module docstring; audio adds "emodb"), or any one
+    corpus folder (e.g. the synthetic one) split by speaker like the teacher was, else fold 0 of 5."""
+    items = shared_corpus_items(modality, root)
+    if items is None:
+        return generic_splits(modality, root, cache, teacher)
+    labels = SHARED_LABELS[modality]
+    splits = {k: item_arrays(modality, v, labels, cache) for k, v in items.items()}
+    if modality == "audio" and (root / "emodb_2s").is_dir():
         splits["emodb"] = emodb_arrays(root, cache)
-        return splits, AUDIO_LABELS
-    if (root / "fer2013").is_dir() and modality == "face":
-        return fer_splits(root), FACE_LABELS
-    return generic_splits(modality, root, cache, teacher)
+    return splits, labels
 
 
 def generic_splits(modality: str, root: Path, cache: Path, teacher: str | None) -> tuple[dict[str, Arrays], list[str]]:
@@ -193,9 +208,7 @@ def generic_splits(modality: str, root: Path, cache: Path, teacher: str | None) 
     else:
         parts = fold_split(items, 5, 0)
     labels = [k for k in LABELS if any(it.label == k for it in items)]
-    make = (lambda its: audio_arrays(its, labels, cache)) if modality == "audio" else \
-        (lambda its: face_arrays(its, labels))
-    return {k: make(v) for k, v in zip(("train", "val", "test"), parts)}, labels
+    return {k: item_arrays(modality, v, labels, cache) for k, v in zip(("train", "val", "test"), parts)}, labels
 
 
 def held_out_reports(model: torch.nn.Module, splits: dict[str, Arrays], labels: list[str]) -> dict:
@@ -254,11 +267,10 @@ def singles(inputs: list[np.ndarray], labels: np.ndarray, per_item: int) -> tupl
 
 def split_arrays(modality: str, root: Path, part: str, cache: Path = Path("runs/cache")) -> Arrays:
     """One split ('train', 'val', 'test') of the modality's corpus (see `load_splits`)."""
-    if modality == "face" and (root / "fer2013").is_dir():
-        return face_arrays(fer_items(root)[part])
-    if modality == "audio" and (root / "ravdess_speech").is_dir():
-        return audio_arrays(_ravdess_items(root)[part], AUDIO_LABELS, cache)
-    return generic_splits(modality, root, cache, None)[0][part]
+    items = shared_corpus_items(modality, root)
+    if items is None:
+        return generic_splits(modality, root, cache, None)[0][part]
+    return item_arrays(modality, items[part], SHARED_LABELS[modality], cache)
 
 
 def calibration_inputs(modality: str, data: str | None = None, limit: int = 200) -> list[np.ndarray]:
@@ -335,14 +347,11 @@ def export_modality(modality: str, runs: Path, root: Path, models: Path, target:
 
 
 def train_label_counts(modality: str, root: Path, labels: list[str]) -> np.ndarray:
-    """Training items per label (from the item lists, no decoding)."""
-    if modality == "face" and (root / "fer2013").is_dir():
-        items = fer_items(root)["train"]
-    elif modality == "audio" and (root / "ravdess_speech").is_dir():
-        items = _ravdess_items(root)["train"]
-    else:
+    """Training items per label (from the item lists, no decoding); ones off the shared corpora."""
+    items = shared_corpus_items(modality, root)
+    if items is None:
         return np.ones(len(labels))
-    return np.array([sum(it.label == label for it in items) for label in labels], np.float64)
+    return np.array([sum(it.label == label for it in items["train"]) for label in labels], np.float64)
 
 
 TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
