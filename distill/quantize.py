@@ -16,6 +16,9 @@ Out: a bundle folder (docs/bundle-format.md) per model:
   scheme "fp16" (Jetson Nano): model.onnx converted to float16 weights and activations with
     float32 graph inputs/outputs; no int8 payload.
 
+With the shared corpora present, the CLI re-measures each written bundle's held-out metrics
+on its own payloads (distill.ship.remeasure); otherwise the source bundle's are kept.
+
 CLI: python -m distill.quantize --target jetson [--models edge/models] [--out DIR] [--data D]
 """
 from __future__ import annotations
@@ -192,12 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="corpora for calibration (default ../shared/data)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from distill.ship import calibration_inputs
+    from distill.ship import calibration_inputs, data_root, remeasure
     scheme = load_scheme(args.target)
     out = Path(args.out or f"runs/quantized/{scheme.target}")
     calibration = {m: calibration_inputs(m, args.data) for m in ("audio", "face")}
     for path in quantize_target(args.target, Path(args.models), out, calibration):
-        print(path)
+        measured = remeasure(path, data_root(args.data))
+        print(path, "(held-out metrics re-measured)" if measured else "(metrics copied from the source bundle)")
     print(json.dumps(asdict(scheme)))
     return 0
 

@@ -342,7 +342,7 @@ def export_modality(modality: str, runs: Path, root: Path, models: Path, target:
                 "provenance": {**provenance(modality, result, root), "prior_shift": shift}}
     folder = make_bundle(float_path, models / modality, load_scheme(target),
                          calibration_inputs(modality, str(root)), manifest, check=check)
-    _set_metrics(folder, held_out_metrics(folder, modality, root, labels, result))
+    _set_metrics(folder, held_out_metrics(folder, modality, root, labels, result["reports"]["val"]))
     return folder
 
 
@@ -378,8 +378,9 @@ def adjust_for_priors(model: torch.nn.Module, val: Arrays, counts: np.ndarray, l
             "train_counts": counts.astype(int).tolist()}
 
 
-def held_out_metrics(folder: Path, modality: str, root: Path, labels: list[str], result: dict) -> dict:
-    """Test-split figures of the int8 and float models (and EmoDB for audio), onnxruntime."""
+def held_out_metrics(folder: Path, modality: str, root: Path, labels: list[str], validation: dict | None) -> dict:
+    """Test-split figures of each ONNX payload the bundle has (int8, and float or fp16), and
+    EmoDB for audio, with onnxruntime; `validation` is the torch model's validation report."""
     from edge.bundle import load_bundle
     bundle = load_bundle(folder)
     parts = {"test": split_arrays(modality, root, "test")}
@@ -389,16 +390,31 @@ def held_out_metrics(folder: Path, modality: str, root: Path, labels: list[str],
            if (root / "ravdess_speech").is_dir() and modality == "audio"
            else "FER2013 held-out 10 % of train (stratified, seed 0)" if (root / "fer2013").is_dir()
            else f"{root.name}: test speakers of fold 0 of 5 (never seen)"}
-    for kind, tag in (("int8.onnx", "int8"), ("onnx", "float")):
+    fp16 = bundle.manifest.get("quantization", {}).get("scheme") == "fp16"
+    kinds = [(k, t) for k, t in (("int8.onnx", "int8"), ("onnx", "fp16" if fp16 else "float"))
+             if bundle.has_payload(k)]
+    for kind, tag in kinds:
         for part, data in parts.items():
             probs = session_probs(bundle.payload(kind), bundle.outputs, model_inputs(modality, data),
                                   bundle.input_name)
             rep = emodb_from_probs(probs, data) if part == "emodb" else report_from_probs(probs, data, labels)
             out[f"{part}_{tag}"] = rep
-    headline = out["test_int8"]
+    headline = out[f"test_{kinds[0][1]}"]
     out.update(accuracy=headline["accuracy"], uar=headline["uar"], macro_f1=headline["macro_f1"],
-               validation_torch=result["reports"]["val"])
+               validation_torch=validation)
     return out
+
+
+def remeasure(folder: Path, root: Path) -> bool:
+    """Replace the metrics a re-quantized bundle copied from its source by figures measured on
+    its own payloads (the shared corpora's test split); False where those corpora are absent."""
+    from edge.bundle import load_bundle
+    bundle = load_bundle(folder)
+    if shared_corpus_items(bundle.modality, root) is None or list(bundle.labels) != SHARED_LABELS[bundle.modality]:
+        return False
+    validation = bundle.manifest.get("metrics", {}).get("validation_torch")
+    _set_metrics(folder, held_out_metrics(folder, bundle.modality, root, list(bundle.labels), validation))
+    return True
 
 
 def _set_metrics(folder: Path, metrics: dict) -> None:
