@@ -61,6 +61,9 @@ def test_face_batch_is_standardized_per_crop():
 def test_class_weights_balance_counts():
     w = class_weights(np.array([0, 0, 0, 1]), 3)
     assert w[1] == pytest.approx(3 * w[0]) and w[2] == 0 and w[:2].mean() == pytest.approx(1.0)
+    half = class_weights(np.array([0, 0, 0, 0, 1]), 2, power=0.5)
+    assert half[1] == pytest.approx(2 * half[0])
+    assert torch.equal(class_weights(np.array([0, 0, 1]), 2, power=0.0), torch.ones(2))
 
 
 def test_kd_terms_only_with_teacher_and_kd():

@@ -1,0 +1,68 @@
+"""distill.ship: the students CLI on a synthetic corpus, labels alone and distilled from an
+ensemble of student checkpoints; the shared-corpus dispatch and per-target re-measuring
+off the shared corpora."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("soundfile")
+
+from distill import ship  # noqa: E402
+from distill.data.synthetic import make_synthetic_corpus  # noqa: E402
+from distill.distillation import predict  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_synthetic_corpus(tmp_path_factory.mktemp("synth"), n_speakers=5, per_class=2,
+                                 labels=("neutral", "happy", "sad"), seconds=0.6)
+
+
+def _students(corpus: Path, out: Path, *extra: str) -> dict:
+    argv = ["--data", str(corpus), "--out", str(out), "--modality", "audio", "--epochs", "1", *extra]
+    assert ship.students_main(argv) == 0
+    return json.loads((out / "audio.json").read_text())
+
+
+def test_labels_alone_then_distilled_from_an_ensemble(corpus, tmp_path):
+    members = [tmp_path / f"m{s}" for s in (1, 2)]
+    for seed, out in enumerate(members, start=1):
+        assert _students(corpus, out, "--no-kd", "--seed", str(seed))["teacher"] is None
+    teacher = ",".join(str(m / "audio.pt") for m in members)
+    result = _students(corpus, tmp_path / "kd", "--teacher", teacher)
+    assert result["teacher"] == teacher
+    assert set(result["reports"]) == {"val", "test"} and 0 <= result["reports"]["test"]["uar"] <= 1
+
+
+def test_ensemble_teacher_targets_are_the_log_mean_probabilities(corpus, tmp_path):
+    splits, labels = ship.load_splits("audio", corpus, tmp_path / "cache")
+    paths = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        path = tmp_path / f"t{seed}" / "audio.pt"
+        path.parent.mkdir()
+        torch.save({"state_dict": ship.build("audio", len(labels)).state_dict(), "labels": labels}, path)
+        paths.append(path)
+    data = ship.teacher_targets(",".join(map(str, paths)), splits["val"], "audio", labels)
+    expected = np.mean([predict(ship.load_student(p), splits["val"]) for p in paths], axis=0)
+    assert data.teacher_emb is None
+    np.testing.assert_allclose(np.exp(data.teacher_logits), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_corpora_absent(tmp_path):
+    assert ship.shared_corpus_items("audio", tmp_path) is None
+    assert ship.shared_corpus_items("face", tmp_path) is None
+    assert ship.train_label_counts("face", tmp_path, ["a", "b"]).tolist() == [1.0, 1.0]
+
+
+def test_remeasure_needs_the_shared_corpora(tmp_path):
+    from tiny_models import make_face_bundle
+    folder = make_face_bundle(tmp_path / "face")
+    before = (folder / "manifest.json").read_text()
+    assert ship.remeasure(folder, tmp_path / "no-corpora") is False
+    assert (folder / "manifest.json").read_text() == before
