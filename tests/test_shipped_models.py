@@ -41,7 +41,7 @@ def bundle(request):
 
 
 def test_bundle_is_complete_and_small(bundle):
-    for kind in ("onnx", "int8.onnx", "npz"):
+    for kind in ("onnx", "int8.onnx", "npz", "tflite"):
         assert bundle.has_payload(kind), kind
     assert bundle.payload("int8.onnx").stat().st_size <= INT8_LIMIT[bundle.modality]
     assert bundle.embedding_dim == 32
@@ -54,6 +54,7 @@ def test_manifest_carries_measurements(bundle):
     assert 0.0 < m["metrics"]["uar"] <= 1.0
     assert m["agreement"]["numpy_vs_onnxruntime_argmax"] >= 0.99   # goal 1.0; 1-LSB output ties can flip argmax
     assert m["agreement"]["int8_vs_float_argmax"] >= 0.95
+    assert m["agreement"]["litert_vs_onnxruntime_argmax"] >= 0.99
     assert m["provenance"]["trained_on"] and m["provenance"]["teacher"]
 
 
