@@ -136,14 +136,26 @@ def face_arrays(items: list, labels: list[str] = FACE_LABELS) -> Arrays:
     return Arrays(x=faces, y=np.array([labels.index(it.label) for it in items], np.int64))
 
 
+SHARED_CORPUS = {"audio": "ravdess_speech", "face": "fer2013"}
+"""The folder under the data root that holds each modality's shared corpus."""
+SHARED_SPLIT = {"audio": "RAVDESS actors 19-20 (never seen), mean over 2.0 s windows",
+                "face": "FER2013 held-out 10 % of train (stratified, seed 0)"}
+SHARED_PROVENANCE = {
+    "audio": "RAVDESS speech (actors 01-16 train, 17-18 validation/calibration, 19-20 test; CC BY-NC-SA 4.0)",
+    "face": "FER2013 train folder (stratified seed-0 split: 85 % train, 5 % validation/calibration, "
+            "10 % test; research use)"}
+
+
+def has_shared_corpus(modality: str, root: Path) -> bool:
+    return (root / SHARED_CORPUS[modality]).is_dir()
+
+
 def shared_corpus_items(modality: str, root: Path) -> dict[str, list] | None:
     """The fixed train/val/test item lists of the shared corpus for `modality` (RAVDESS for
     audio, FER2013 for face; module docstring), or None when `root` does not hold it."""
-    if modality == "audio" and (root / "ravdess_speech").is_dir():
-        return _ravdess_items(root)
-    if modality == "face" and (root / "fer2013").is_dir():
-        return fer_items(root)
-    return None
+    if not has_shared_corpus(modality, root):
+        return None
+    return _ravdess_items(root) if modality == "audio" else fer_items(root)
 
 
 def item_arrays(modality: str, items: list, labels: list[str], cache: Path) -> Arrays:
@@ -275,7 +287,11 @@ def split_arrays(modality: str, root: Path, part: str, cache: Path = Path("runs/
 
 def calibration_inputs(modality: str, data: str | None = None, limit: int = 200) -> list[np.ndarray]:
     """Model inputs from the validation split (actors 17-18 / FER val), never test speakers."""
-    val = split_arrays(modality, data_root(data), "val")
+    return calibration_sample(modality, split_arrays(modality, data_root(data), "val"), limit)
+
+
+def calibration_sample(modality: str, val: Arrays, limit: int = 200) -> list[np.ndarray]:
+    """Up to `limit` model inputs spread evenly over `val` (at most 2 per item)."""
     xs, _ = singles(model_inputs(modality, val), val.y, 2)
     return xs[:: max(1, len(xs) // limit)][:limit]
 
@@ -304,14 +320,8 @@ def input_spec(modality: str) -> dict:
 
 
 def provenance(modality: str, result: dict, root: Path) -> dict:
-    if modality == "audio" and (root / "ravdess_speech").is_dir():
-        corpus = ("RAVDESS speech (actors 01-16 train, 17-18 validation/calibration, 19-20 test; "
-                  "CC BY-NC-SA 4.0)")
-    elif modality == "face" and (root / "fer2013").is_dir():
-        corpus = ("FER2013 train folder (stratified seed-0 split: 85 % train, 5 % validation/calibration, "
-                  "10 % test; research use)")
-    else:
-        corpus = f"data folder {root} (labels.csv; speaker fold 0 of 5 held out for test)"
+    corpus = SHARED_PROVENANCE[modality] if has_shared_corpus(modality, root) else \
+        f"data folder {root} (labels.csv; speaker fold 0 of 5 held out for test)"
     teacher = result["teacher"] or "none: trained from labels alone (no teacher checkpoint was available)"
     return {"trained_on": corpus, "teacher": teacher, "created": date.today().isoformat(),
             "code": _git_sha(), "params": result["params"], "epochs_run": len(result["history"]),
@@ -341,7 +351,7 @@ def export_modality(modality: str, runs: Path, root: Path, models: Path, target:
                 "embedding_dim": EMBEDDING_DIM, "metrics": {},
                 "provenance": {**provenance(modality, result, root), "prior_shift": shift}}
     folder = make_bundle(float_path, models / modality, load_scheme(target),
-                         calibration_inputs(modality, str(root)), manifest, check=check)
+                         calibration_sample(modality, val), manifest, check=check)
     _set_metrics(folder, held_out_metrics(folder, modality, root, labels, result["reports"]["val"]))
     return folder
 
@@ -386,9 +396,7 @@ def held_out_metrics(folder: Path, modality: str, root: Path, labels: list[str],
     parts = {"test": split_arrays(modality, root, "test")}
     if modality == "audio" and (root / "emodb_2s").is_dir():
         parts["emodb"] = emodb_arrays(root, Path("runs/cache"))
-    out = {"split": "RAVDESS actors 19-20 (never seen), mean over 2.0 s windows"
-           if (root / "ravdess_speech").is_dir() and modality == "audio"
-           else "FER2013 held-out 10 % of train (stratified, seed 0)" if (root / "fer2013").is_dir()
+    out = {"split": SHARED_SPLIT[modality] if has_shared_corpus(modality, root)
            else f"{root.name}: test speakers of fold 0 of 5 (never seen)"}
     fp16 = bundle.manifest.get("quantization", {}).get("scheme") == "fp16"
     kinds = [(k, t) for k, t in (("int8.onnx", "int8"), ("onnx", "fp16" if fp16 else "float"))
@@ -410,7 +418,7 @@ def remeasure(folder: Path, root: Path) -> bool:
     its own payloads (the shared corpora's test split); False where those corpora are absent."""
     from edge.bundle import load_bundle
     bundle = load_bundle(folder)
-    if shared_corpus_items(bundle.modality, root) is None or list(bundle.labels) != SHARED_LABELS[bundle.modality]:
+    if not has_shared_corpus(bundle.modality, root) or list(bundle.labels) != SHARED_LABELS[bundle.modality]:
         return False
     validation = bundle.manifest.get("metrics", {}).get("validation_torch")
     _set_metrics(folder, held_out_metrics(folder, bundle.modality, root, list(bundle.labels), validation))

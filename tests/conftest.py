@@ -18,9 +18,9 @@ DEMO_WAV = REPO / "edge" / "assets" / "demo.wav"
 PORTRAIT = REPO / "edge" / "assets" / "portrait.jpg"
 
 
-def rss_kb() -> int:
-    """This process's resident set size (VmRSS), kB."""
-    with open("/proc/self/status") as f:
+def rss_kb(pid: int | str = "self") -> int:
+    """The resident set size (VmRSS) of process `pid` (default: this one), kB."""
+    with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from conftest import DEMO_WAV, SHARED_DATA  # noqa: E402
+from conftest import DEMO_WAV, SHARED_DATA, rss_kb  # noqa: E402
 from media import MjpegServer, video_frames, virtual_mic, write_wav  # noqa: E402
 
 CLI = [sys.executable, "-m", "edge.cli"]
@@ -151,11 +151,6 @@ def test_signals_flush_stop_and_exit_0_within_1s(sig, bundles):
     assert proc.returncode == 0, err
     assert elapsed < 1.0, f"took {elapsed:.2f} s to stop"
     assert lines(out) and "Traceback" not in err  # every printed line is complete JSON
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
 def test_slow_consumer_never_grows_memory(bundles):
