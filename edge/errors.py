@@ -3,8 +3,14 @@
 Every error raised for bad input (a bundle, a media file, a config, a device) is an
 `AvemoError` whose message names the thing that is wrong, the problem and the fix, in one
 line. The CLI prints `str(err)` and exits with code 2; anything else is a bug.
+`problem_list` writes many problems (bad rows, bad files) as that one line.
 """
 from __future__ import annotations
+
+from pathlib import Path
+
+MAX_LISTED = 8
+"""How many problems a one-line error spells out before it says '... and N more'."""
 
 
 class AvemoError(Exception):
@@ -25,3 +31,11 @@ class ConfigError(AvemoError):
 
 class DeviceError(AvemoError):
     """A microphone, camera or runtime backend is unavailable."""
+
+
+def problem_list(where: str | Path, problems: list[str], fix: str) -> str:
+    """One line: `where`, how many problems, the first MAX_LISTED of them, then the fix."""
+    listed = "; ".join(problems[:MAX_LISTED])
+    more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    entries = "entry" if len(problems) == 1 else "entries"
+    return f"{where}: {len(problems)} bad {entries}: {listed}{more} ({fix})"

@@ -1,7 +1,8 @@
 """`avemo-edge eval`: run one bundle over a data folder and score it.
 
 In:  a data folder (DESIGN.md: `labels.csv` with `path,label` and optionally `speaker`,
-     `corpus`, or `path_audio`/`path_video` for audio-visual rows) and a bundle.
+     `corpus`, or `path_audio`/`path_video` for audio-visual rows; read and checked by
+     `edge.labels_csv`) and a bundle.
 Out: `classification_report` (edge/metrics.py) plus `label_mapping`: how truth labels the
      model does not know were mapped (calm -> neutral) or left out (EmoDB's boredom), with
      counts. Nothing is dropped silently.
@@ -12,20 +13,15 @@ detector first with `detect=True` (for photos that are not tight face crops).
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edge.errors import MediaError
+from edge.labels_csv import LABELS_CSV, media_kind, read_labels
 from edge.metrics import classification_report
-from edge.settings import AUDIO, LABEL_ALIASES, LABELS, OTHER_LABELS
-
-KNOWN_LABELS = frozenset((*LABELS, *LABEL_ALIASES, *OTHER_LABELS))
-
-AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}
-IMAGE_EXT = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+from edge.settings import AUDIO, LABEL_ALIASES, LABELS
 
 
 @dataclass(frozen=True)
@@ -36,49 +32,21 @@ class Row:
 
 
 def read_labels_csv(folder: str | Path, modality: str) -> list[Row]:
-    """Rows of `folder/labels.csv` for one modality ("audio" or "face"), validated."""
-    folder = Path(folder)
-    table = folder / "labels.csv"
-    if not table.is_file():
-        raise MediaError(f"{table}: missing; a data folder needs labels.csv with columns path,label "
-                         "(see README, 'Data folder format')")
-    with table.open(newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        rows = list(reader)
-    key = _path_column(columns, modality, table)
-    if "label" not in columns:
-        raise MediaError(f"{table}: no 'label' column (columns are {columns}); need path,label")
-    problems, out = [], []
-    for line, row in enumerate(rows, start=2):
-        rel, label = (row.get(key) or "").strip(), (row.get("label") or "").strip().lower()
-        if not rel:
-            continue  # e.g. an audio-only row when evaluating faces
-        path = folder / rel  # rows of the other modality are skipped below
-        if not label:
-            problems.append(f"line {line}: empty label")
-        elif label not in KNOWN_LABELS:
-            problems.append(f"line {line}: unknown label {label!r} (known: {', '.join(LABELS)})")
-        elif not path.is_file():
-            problems.append(f"line {line}: {rel} does not exist")
-        elif path.suffix.lower() not in AUDIO_EXT | IMAGE_EXT:
-            problems.append(f"line {line}: {rel} is neither audio ({sorted(AUDIO_EXT)}) nor an image")
-        elif path.suffix.lower() in (AUDIO_EXT if modality == "audio" else IMAGE_EXT):
-            out.append(Row(path, label, (row.get("speaker") or "").strip()))
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise MediaError(f"{table}: {len(problems)} bad rows: {shown}")
-    if not out:
-        raise MediaError(f"{table}: no {modality} rows to evaluate")
-    return out
+    """The rows of `folder/labels.csv` (checked by `edge.labels_csv`) with a `modality` file.
 
-
-def _path_column(columns: list[str], modality: str, table: Path) -> str:
-    wanted = ("path_audio", "path") if modality == "audio" else ("path_image", "path")
-    for key in wanted:
-        if key in columns:
-            return key
-    raise MediaError(f"{table}: no {' or '.join(wanted)} column (columns are {columns})")
+    Audio ("audio") comes from `path_audio`, else `path`; faces ("face") from `path_image`,
+    else `path`. Rows with no such file (the other modality's) are skipped.
+    """
+    columns, kind = (("path_audio", "path"), "audio") if modality == "audio" else (("path_image", "path"), "image")
+    rows = []
+    for row in read_labels(folder):
+        path = next((row.paths[c] for c in columns if c in row.paths), None)
+        if path is not None and media_kind(path) == kind:
+            rows.append(Row(path, row.label, row.speaker))
+    if not rows:
+        raise MediaError(f"{Path(folder) / LABELS_CSV}: no {modality} rows to evaluate "
+                         f"(no {kind} file in column {' or '.join(columns)})")
+    return rows
 
 
 def label_mapping(truth: list[str], model_labels: tuple[str, ...]) -> tuple[dict[str, str | None], dict[str, str]]:

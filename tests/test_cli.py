@@ -148,10 +148,15 @@ def test_eval_audio_maps_and_reports_unknown_labels(bundles, tmp_path):
     assert "boredom" in p.stdout
 
 
-def test_eval_rejects_a_bad_labels_csv(bundles, tmp_path):
-    (tmp_path / "labels.csv").write_text("file,emotion\na.wav,happy\n")
+@pytest.mark.parametrize("table,message", [
+    ("file,emotion\na.wav,happy\n", "missing columns ['label', 'path']"),
+    ("path,label\na.wav,happy\n", "row 2: missing file 'a.wav'"),
+])
+def test_eval_rejects_a_bad_labels_csv(bundles, tmp_path, table, message):
+    (tmp_path / "labels.csv").write_text(table)
     p = run("eval", "--model", bundles["audio"], "--data", tmp_path)
-    assert p.returncode == 2 and "path" in p.stderr and "Traceback" not in p.stderr
+    err = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(err) == 1 and message in err[0], p.stderr
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "emodb_2s" / "labels.csv").is_file(), reason="needs ../shared/data")

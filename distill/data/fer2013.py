@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.data.items import Item, canonical_label, media_kind, raise_if_problems
+from distill.data.items import Item, canonical_label, raise_if_problems
+from edge.labels_csv import media_kind
 
 
 def _class_dirs(root: Path) -> list[Path]:

@@ -1,20 +1,18 @@
 """Generic data folder (DESIGN.md "Data folder format"): `labels.csv` at the root.
 
-In:  a folder with labels.csv, columns `path,label` (+ optional `speaker,corpus`) or
-     `path_audio,path_video,label,...` (a `path_image` column is also read); paths are
-     relative to the folder. An empty label cell means "unlabeled".
-Out: list[Item], or one CorpusError listing every bad row (unknown label, missing file,
-     unknown file type) and, for a bad header, the missing columns.
+In:  a folder whose labels.csv `edge.labels_csv` reads and checks: `path,label` (+ optional
+     `speaker,corpus`), or `path_audio`/`path_video`/`path_image` for paired rows. An empty
+     label cell means "unlabeled".
+Out: list[Item] (speaker defaults to the file name, corpus to the folder name), or one
+     CorpusError with the reader's message: the bad header, or every bad row.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from distill.data.items import CorpusError, Item, canonical_label, media_kind, missing_files, raise_if_problems
-
-LABELS_CSV = "labels.csv"
-PATH_COLUMNS = ("path_audio", "path_video", "path_image")
+from distill.data.items import CorpusError, Item, canonical_label
+from edge.errors import MediaError
+from edge.labels_csv import LABELS_CSV, LabelRow, media_kind, read_labels
 
 
 def detect(root: Path) -> bool:
@@ -22,57 +20,20 @@ def detect(root: Path) -> bool:
 
 
 def load(root: Path) -> list[Item]:
-    csv_path = root / LABELS_CSV
-    rows = _read_rows(csv_path)
-    items, problems = [], []
-    for line_no, row in enumerate(rows, start=2):
-        try:
-            item = _row_item(root, row)
-        except ValueError as err:
-            problems.append(f"row {line_no}: {err}")
-            continue
-        problems += [f"row {line_no}: missing file '{p}'" for p in missing_files(item)]
-        items.append(item)
-    raise_if_problems(csv_path, problems, "fix or delete those rows")
-    return items
+    try:
+        rows = read_labels(root, unlabeled_ok=True)
+    except MediaError as err:
+        raise CorpusError(str(err)) from err
+    return [_item(root, row) for row in rows]
 
 
-def _read_rows(csv_path: Path) -> list[dict[str, str]]:
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        rows = list(reader)
-    has_path = "path" in header or any(c in header for c in PATH_COLUMNS)
-    missing = [c for c, ok in (("label", "label" in header), ("path or path_audio/path_video", has_path)) if not ok]
-    if missing:
-        raise CorpusError(f"{csv_path}: missing columns {missing} (header is {header}; "
-                          "see DESIGN.md 'Data folder format')")
-    return rows
+def _item(root: Path, row: LabelRow) -> Item:
+    media = _media(row.paths)
+    speaker = row.speaker or Path(next(iter(media.values()))).stem
+    return Item(label=canonical_label(row.label), speaker=speaker, corpus=row.corpus or root.name, **media)
 
 
-def _row_item(root: Path, row: dict[str, str]) -> Item:
-    raw = (row.get("label") or "").strip()
-    label = canonical_label(raw) if raw else None
-    if raw and label is None:
-        raise ValueError(f"unknown label '{raw}'")
-    paths = _row_paths(root, row)
-    if not paths:
-        raise ValueError("no media path")
-    speaker = (row.get("speaker") or "").strip() or Path(next(iter(paths.values()))).stem
-    corpus = (row.get("corpus") or "").strip() or root.name
-    return Item(label=label, speaker=speaker, corpus=corpus, **paths)
-
-
-def _row_paths(root: Path, row: dict[str, str]) -> dict[str, str]:
-    """{'audio'|'video'|'image': absolute path} from the path_* columns, else from `path`."""
-    paths = {col[len("path_"):]: str(root / row[col].strip())
-             for col in PATH_COLUMNS if (row.get(col) or "").strip()}
-    if paths:
-        return paths
-    path = (row.get("path") or "").strip()
-    if not path:
-        return {}
-    kind = media_kind(path)
-    if kind is None:
-        raise ValueError(f"unknown file type '{path}'")
-    return {kind: str(root / path)}
+def _media(paths: dict[str, Path]) -> dict[str, str]:
+    """{'audio'|'video'|'image': path} from the path_* cells, else from `path` by its file type."""
+    typed = {column[len("path_"):]: str(path) for column, path in paths.items() if column != "path"}
+    return typed or {media_kind(paths["path"]): str(paths["path"])}

@@ -9,14 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import AvemoError
+from edge.errors import AvemoError, problem_list
 from edge.settings import LABEL_ALIASES, LABELS, OTHER_LABELS
-
-AUDIO_EXT = (".wav", ".flac", ".mp3", ".ogg")
-IMAGE_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-VIDEO_EXT = (".mp4", ".avi", ".flv", ".mkv", ".mov", ".webm")
-MAX_LISTED = 8
-"""How many offending rows an error message spells out before it says '... and N more'."""
 
 
 class CorpusError(AvemoError):
@@ -58,24 +52,7 @@ def canonical_label(raw: str) -> str | None:
     return LABEL_ALIASES.get(name)
 
 
-def media_kind(path: str | Path) -> str | None:
-    """'audio', 'image' or 'video' from the file extension, None when unknown."""
-    ext = Path(path).suffix.lower()
-    for kind, exts in (("audio", AUDIO_EXT), ("image", IMAGE_EXT), ("video", VIDEO_EXT)):
-        if ext in exts:
-            return kind
-    return None
-
-
 def raise_if_problems(where: str | Path, problems: list[str], fix: str) -> None:
     """Raise one CorpusError naming `where` and the first offending rows, if any."""
-    if not problems:
-        return
-    listed = "; ".join(problems[:MAX_LISTED])
-    more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-    raise CorpusError(f"{where}: {len(problems)} bad entries: {listed}{more} ({fix})")
-
-
-def missing_files(item: Item) -> list[str]:
-    """Paths an item points at that do not exist."""
-    return [p for p in (item.audio, item.video, item.image) if p is not None and not Path(p).is_file()]
+    if problems:
+        raise CorpusError(problem_list(where, problems, fix))

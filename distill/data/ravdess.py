@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from distill.data.items import Item, media_kind, raise_if_problems
+from distill.data.items import Item, raise_if_problems
+from edge.labels_csv import media_kind
 
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fear", "disgust", "surprise")
 """Emotion code 01..08 in file-name order."""
