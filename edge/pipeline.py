@@ -137,11 +137,12 @@ class Pipeline:
         self.latency[stage] = round((now - start) * 1e3, 3)
         return now
 
-    def _audio_step(self, ring: AudioRing) -> dict:
+    def _audio_step(self, ring: AudioRing, until: int) -> dict:
         start = time.perf_counter()
-        real = ring.read_latest(self.window[0])
+        real = ring.read_latest(self.window[0], until)
         start = self._timed("ring", start)
-        voiced = real >= self.min_samples and self.gate.voiced(self.window[0])
+        loud = self.gate.voiced(self.window[0])  # run on every hop: level_dbfs describes this window
+        voiced = loud and real >= self.min_samples
         start = self._timed("vad", start)
         result = {"voiced": voiced, "level_dbfs": round(self.gate.level_dbfs, 1), "label": None, "probs": None}
         if voiced:
@@ -170,13 +171,16 @@ class Pipeline:
              frame_clock: float | None = None) -> Result:
         """Run one hop at stream time `t` (seconds) on what the rings hold now.
 
+        The audio window is the one that ends at `t`: the samples before sample
+        round(t * sample rate) of the ring, or before its newest when it holds fewer.
         `frame_clock` is "now" on the clock that stamps the frames (the camera thread uses
         time.monotonic()); a replay stamps frames with stream time and leaves it None.
         A frame older than `max_frame_age_s` is stale: the face is reported as null.
         """
         self.latency = {}
         begin = time.perf_counter()
-        audio = self._audio_step(audio_ring) if self.audio and audio_ring is not None else None
+        audio = self._audio_step(audio_ring, int(round(t * AUDIO.sample_rate))) \
+            if self.audio and audio_ring is not None else None
         now = t if frame_clock is None else frame_clock
         face = self._face_step(now, frame_ring) if self.face and frame_ring is not None else None
         start = time.perf_counter()

@@ -2,7 +2,8 @@
 
 `AudioRing`  in:  float32 mono blocks at `AUDIO.sample_rate`, any length (the mic callback).
              out: `read_latest(out)` copies the newest `len(out)` samples into the caller's
-                  float32 buffer, oldest first.
+                  float32 buffer, oldest first; `read_latest(out, until)` the ones before
+                  sample `until` (counted from the first sample ever written).
 `FrameRing`  in:  uint8 BGR frames of the ring's fixed shape (H, W, 3) plus a float64 time.
              out: `read_newest(out)` copies the newest frame into the caller's buffer.
 
@@ -57,18 +58,23 @@ class AudioRing:
         self._buf[pos:pos + first] = block[:first]
         self._buf[:len(block) - first] = block[first:]
 
-    def read_latest(self, out: np.ndarray) -> int:
-        """Consumer: copy the newest len(out) samples into `out`; return how many were real.
+    def read_latest(self, out: np.ndarray, until: int | None = None) -> int:
+        """Consumer: copy the len(out) samples before sample `until` (default and at most:
+        the newest) into `out`; return how many were real.
 
         When fewer samples than len(out) exist, the real ones go at the end, the head is
-        zero-filled and an underrun is counted.
+        zero-filled and an underrun is counted. A window the producer has already
+        overwritten (`until` more than capacity - len(out) samples behind) is a ValueError.
         """
         n = len(out)
         if n > self.capacity:
             raise ValueError(f"read_latest wants {n} samples but the AudioRing holds {self.capacity}")
         for _ in range(_MAX_RETRIES):
-            end = self.written
+            end = self.written if until is None else min(until, self.written)
             real = min(n, end)
+            if end - real < self.written - self.capacity:
+                raise ValueError(f"the {n} samples before sample {until} are no longer in the "
+                                 f"AudioRing ({self.written} written, capacity {self.capacity})")
             self._copy_out(out[n - real:], end - real)
             if self._claimed - self.capacity <= end - real:
                 return self._account(n, end, real, out)

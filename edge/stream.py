@@ -9,6 +9,9 @@ Sources: a live microphone (`mic=True`, a device index or name) and camera (`cam
 file path or an rtsp/http URL) filled by background threads, or a recording replayed as
 fast as it computes (`audio="talk.wav"`, `video="talk.mp4"`; `realtime=True` paces it).
 The stream owns the sources, the rings and the clock; `edge/pipeline.py` computes each hop.
+A result's `t` is the end of the audio window it describes: k * hop in a replay, the audio
+captured so far (samples / 16 kHz, the microphone's clock) live; seconds since start when
+there is no audio.
 A camera that dies mid-run leaves the stream running on audio (face null) and reports
 "camera lost" / "camera back" in the result's `events`.
 """
@@ -142,11 +145,19 @@ class Stream:
 
     def _live_hops(self) -> Iterator[Result]:
         begin = time.monotonic()
-        for t in self._hop_times(self.duration):
-            time.sleep(max(0.0, begin + t - time.monotonic()))
+        for due in self._hop_times(self.duration):
+            time.sleep(max(0.0, begin + due - time.monotonic()))
             now = time.monotonic()
-            yield self._finish(self.pipeline.step(now - begin, self.audio_ring, self._live_frames(),
-                                                  frame_clock=now))
+            yield self._finish(self.pipeline.step(self._live_time(now - begin), self.audio_ring,
+                                                  self._live_frames(), frame_clock=now))
+
+    def _live_time(self, wall_s: float) -> float:
+        """A live hop's stream time. With a microphone: the audio captured so far on the mic's
+        own clock (samples / rate), so `t` names the end of the window the hop reads however
+        late the scheduler wakes or the capture blocks arrive. Else the wall clock since start."""
+        if self.audio_ring is None:
+            return wall_s
+        return self.audio_ring.written / AUDIO.sample_rate
 
     def _live_frames(self) -> FrameRing | None:
         if self.camera is None:

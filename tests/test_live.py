@@ -45,15 +45,19 @@ def speech_file(tmp_path):
 
 HOP = 0.1
 """Live hop."""
-FINE = 0.01
-"""Replay hop: a fine grid, so each live window finds its replay twin within 5 ms."""
+FINE = 0.001
+"""Replay hop: a 1 ms grid, so each live window has its replay twin within 0.5 ms. The audio
+model's label changes on ~3 % of windows moved by 1 ms and ~9 % of those moved by 10 ms: on a
+coarser grid the test measures the grid (10 ms: 0.90-0.99 on runs where 1 ms gave 0.95-0.99)."""
 WINDOW_S = 2.0
 """The x86 profile's audio window."""
 
 
 def align(live, replay):
     """Offset (s) of the file's start in the live stream, from the loudness contour alone:
-    each live hop's window level against the fine-grid replay's (no labels or probabilities)."""
+    each live hop's window level against the fine-grid replay's (no labels or probabilities).
+    A live hop's t is the end of its window on the microphone's sample clock, so one offset
+    fits every hop, however late the loop ran under load."""
     t = np.array([r["t"] for r in live])
     level = np.array([r["audio"]["level_dbfs"] for r in live])
     ref = np.array([r["audio"]["level_dbfs"] for r in replay])
@@ -88,7 +92,7 @@ def test_mic_stream_agrees_with_the_same_file(bundles, tmp_path):
             pairs.append((r["audio"]["label"], replay[j]["audio"]["label"]))
     assert len(pairs) >= 40, "the played speech should be voiced on many hops"
     agree = sum(a == b for a, b in pairs) / len(pairs)
-    assert agree >= 0.9, f"mic vs file labels agree on {agree:.0%} of {len(pairs)} voiced hops"
+    assert agree >= 0.9, f"mic vs file labels agree on {agree:.0%} of {len(pairs)} voiced hops (file at {d:.3f} s)"
 
 
 def test_camera_url_dies_and_comes_back(bundles):

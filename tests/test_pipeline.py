@@ -74,6 +74,23 @@ def test_blank_view_has_no_face_but_audio_goes_on(pipe):
     assert r.face is None and r.audio["probs"] is not None and r.fused is not None
 
 
+def test_the_audio_window_ends_at_the_hop_time(pipe):
+    """step(t) reads the window that ends at t, not the newest one: silent until 3 s, loud after."""
+    audio = AudioRing(6 * SR)
+    audio.write(np.zeros(3 * SR, np.float32))
+    audio.write(np.full(SR, 0.1, np.float32))
+    assert pipe.step(3.0, audio, None).audio["level_dbfs"] == -120.0
+    assert pipe.step(3.0 + 160 / SR, audio, None).audio["level_dbfs"] == -20.0  # one 10 ms hop of sound
+    assert pipe.step(4.0, audio, None).audio["voiced"]
+
+
+def test_level_describes_a_window_too_short_to_classify(pipe):
+    audio = AudioRing(4 * SR)
+    audio.write(np.full(SR // 10, 0.1, np.float32))
+    r = pipe.step(0.1, audio, None).audio
+    assert r["level_dbfs"] == -20.0 and not r["voiced"]
+
+
 def test_steady_state_allocates_nothing(pipe, frame):
     """After warm-up, 200 hops add no numpy memory (tracemalloc) and RSS stays within 2 MB."""
     audio, frames = rings(frame)

@@ -68,6 +68,21 @@ def test_audio_overrun_counted_when_producer_laps_the_window():
     assert ring.stats()["overruns"] == 1
 
 
+def test_audio_read_until_a_sample_ends_the_window_there():
+    ring, out = AudioRing(100), np.empty(10, np.float32)
+    ring.write(ramp(0, 50))
+    assert ring.read_latest(out, until=30) == 10 and out[-1] == 29 and is_ramp(out)
+    assert ring.read_latest(out, until=4) == 4 and list(out[-5:]) == [0, 0, 1, 2, 3]
+    assert ring.read_latest(out, until=80) == 10 and out[-1] == 49  # past the newest: the newest
+
+
+def test_audio_read_until_an_overwritten_sample_is_refused():
+    ring = AudioRing(100)
+    ring.write(ramp(0, 150))
+    with pytest.raises(ValueError, match="before sample 55 are no longer"):
+        ring.read_latest(np.empty(10, np.float32), until=55)
+
+
 def test_audio_read_longer_than_capacity_is_refused():
     with pytest.raises(ValueError, match="holds 8"):
         AudioRing(8).read_latest(np.empty(9, np.float32))

@@ -79,3 +79,11 @@ def test_mic_overflow_is_counted_in_the_results(bundles):
             stream.mic._callback(np.zeros((0, stream.mic.channels), np.float32), 0, None, flags)
             results = list(stream)
     assert results[-1].counters["mic_overflows"] == 1
+
+
+def test_live_hops_are_stamped_with_the_audio_captured(bundles):
+    """Live t is samples captured / 16 kHz, the end of the window read, not the wall clock:
+    while no new audio arrives, t stands still however much time passes."""
+    stream = Stream(mic=True, hop=0.05, duration=0.2, audio_model=bundles["audio"])  # not started
+    stream.audio_ring.write(np.full(20000, 0.1, np.float32))
+    assert [r.t for r in stream] == [1.25] * 4
