@@ -10,7 +10,9 @@ Out: `fit` -> the student (eval mode) at the epoch with the best validation UAR,
 Loss = CE(labels, class weights (1/count)**balance, label smoothing)
      + alpha * kd_loss(student logits, teacher logits, T) + beta * MSE(student embedding,
        teacher HGR embedding) / mean(teacher embedding^2)   (a scale-free regression; the
-       last two terms only when teacher targets are given and kd is on).
+       last two terms only when teacher targets are given and kd is on)
+     + qat * agreement_loss(float logits, fake-int8 logits of the same batch)   (distill/qat.py;
+       only when FitConfig.qat > 0).
 Augmentation (train only, per batch, in torch): audio: random 2.0 s crop, speed/pitch change
 by resampling, random gain, a random spectral tilt (first-order EQ), additive white or brown
 noise at a random SNR; face: flip, small rotation/scale/shift, gamma and contrast, then the
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.qat import FakeQuant, agreement_loss
 from edge.metrics import classification_report
 from edge.settings import AUDIO, FACE
 
@@ -59,6 +62,8 @@ class FitConfig:
     """Stop after this much wall time (keeps the best epoch so far)."""
     balance: float = 1.0
     """Class weights are (1 / class count) ** balance: 1 balances fully, 0 not at all."""
+    qat: float = 0.0
+    """Weight of the float-vs-fake-int8 agreement loss (distill/qat.py); 0 trains float only."""
 
 
 @dataclass
@@ -208,15 +213,21 @@ def batcher(data: Arrays) -> Callable[[Arrays, np.ndarray, np.random.Generator],
 
 def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
                 sched: torch.optim.lr_scheduler.LRScheduler, cfg: FitConfig,
-                rng: np.random.Generator, weights: torch.Tensor) -> float:
+                rng: np.random.Generator, weights: torch.Tensor, quant: FakeQuant | None = None) -> float:
     model.train()
     make = batcher(data)
     order = rng.permutation(len(data))
     total = 0.0
     for start in range(0, len(order) - cfg.batch + 1, cfg.batch):
         idx = np.sort(order[start:start + cfg.batch])
-        logits, emb = model(make(data, idx, rng))
+        x = make(data, idx, rng)
+        masks = torch.get_rng_state()
+        logits, emb = model(x)
         loss = student_loss(logits, emb, torch.from_numpy(data.y[idx]), data, idx, weights, cfg)
+        if quant is not None:
+            torch.set_rng_state(masks)  # the same dropout and SpecAugment masks in both passes
+            with quant.enabled():
+                loss = loss + cfg.qat * agreement_loss(logits, model(x)[0])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -257,9 +268,10 @@ def fit(model: nn.Module, train: Arrays, val: Arrays, labels: list[str], cfg: Fi
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
                                                 pct_start=0.15)
     weights = class_weights(train.y, len(labels), cfg.balance)
+    quant = FakeQuant(model) if cfg.qat > 0 else None
     best, best_state, history, t0 = -1.0, None, [], time.time()
     for epoch in range(cfg.epochs):
-        loss = train_epoch(model, train, opt, sched, cfg, rng, weights)
+        loss = train_epoch(model, train, opt, sched, cfg, rng, weights, quant)
         report = evaluate(model, val, labels)
         history.append({"epoch": epoch + 1, "loss": loss, "val_uar": report["uar"],
                         "val_accuracy": report["accuracy"], "minutes": (time.time() - t0) / 60})
@@ -271,6 +283,8 @@ def fit(model: nn.Module, train: Arrays, val: Arrays, labels: list[str], cfg: Fi
             log(f"stopping: {cfg.max_minutes} min budget reached")
             break
     model.load_state_dict(best_state)
+    if quant is not None:
+        quant.remove()
     return model.eval(), history
 
 

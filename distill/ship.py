@@ -18,7 +18,6 @@ Commands: `python -m distill.ship train --modality audio|face [...]`, `... expor
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -98,10 +97,9 @@ def _ravdess_items(root: Path) -> dict[str, list]:
 def emodb_arrays(root: Path, cache: Path) -> Arrays:
     """EmoDB's 6 shared labels, read from its labels.csv (boredom rows dropped)."""
     from distill.data import Item
-    folder = root / "emodb_2s"
-    with open(folder / "labels.csv", newline="") as f:
-        items = [Item(label=r["label"], speaker=r["speaker"], corpus="emodb", audio=str(folder / r["path"]))
-                 for r in csv.DictReader(f) if r["label"] in EMODB_LABELS]
+    from edge.labels_csv import read_labels
+    items = [Item(label=r.label, speaker=r.speaker, corpus="emodb", audio=str(r.paths["path"]))
+             for r in read_labels(root / "emodb_2s") if r.label in EMODB_LABELS]
     return audio_arrays(items, AUDIO_LABELS, cache)
 
 
@@ -325,7 +323,7 @@ def provenance(modality: str, result: dict, root: Path) -> dict:
     teacher = result["teacher"] or "none: trained from labels alone (no teacher checkpoint was available)"
     return {"trained_on": corpus, "teacher": teacher, "created": date.today().isoformat(),
             "code": _git_sha(), "params": result["params"], "epochs_run": len(result["history"]),
-            "config": result["config"], "emodb": "evaluation only (never trained, tuned or calibrated on)"}
+            "init": result.get("init"), "config": result["config"], "emodb": "evaluation only (never trained, tuned or calibrated on)"}
 
 
 def _git_sha() -> str:
@@ -453,12 +451,14 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--init", default=None, help="start from this student checkpoint (<modality>.pt)")
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--qat", type=float, default=0.0,
+                   help="weight of the float-vs-fake-int8 agreement loss (quantization-aware fine-tuning)")
 
 
 def _config(modality: str, args: argparse.Namespace) -> FitConfig:
     base = AUDIO_CFG if modality == "audio" else FACE_CFG
     return replace(base, epochs=args.epochs or base.epochs, seed=args.seed, kd=not args.no_kd,
-                   max_minutes=args.max_minutes, lr=args.lr or base.lr)
+                   max_minutes=args.max_minutes, lr=args.lr or base.lr, qat=args.qat)
 
 
 def students_main(argv: list[str] | None = None) -> int:
