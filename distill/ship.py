@@ -306,6 +306,15 @@ def session_probs(model_path: Path, outputs: dict, inputs: list[np.ndarray], inp
     return np.stack(probs)
 
 
+def runtime_inputs(bundle, data: Arrays) -> list[np.ndarray]:
+    """Each item's inputs as the runtime runs them: audio windows; a face crop, plus its
+    mirror image when the bundle averages the two (`session_probs` then averages them too)."""
+    inputs = model_inputs(bundle.modality, data)
+    if bundle.mirror_average:
+        return [np.concatenate([g, g[..., ::-1]]) for g in inputs]
+    return inputs
+
+
 def report_from_probs(probs: np.ndarray, data: Arrays, labels: list[str]) -> dict:
     return classification_report([labels[i] for i in data.y], [labels[i] for i in probs.argmax(1)], labels)
 
@@ -314,7 +323,8 @@ def input_spec(modality: str) -> dict:
     if modality == "audio":
         return {"name": "waveform", "shape": [1, -1], "dtype": "float32", "frontend": AUDIO.to_dict(),
                 "window_s": WINDOW_S}
-    return {"name": "face", "shape": [1, 1, FACE.size, FACE.size], "dtype": "float32", "face": FACE.to_dict()}
+    return {"name": "face", "shape": [1, 1, FACE.size, FACE.size], "dtype": "float32", "face": FACE.to_dict(),
+            "mirror_average": True}
 
 
 def provenance(modality: str, result: dict, root: Path) -> dict:
@@ -401,7 +411,7 @@ def held_out_metrics(folder: Path, modality: str, root: Path, labels: list[str],
              if bundle.has_payload(k)]
     for kind, tag in kinds:
         for part, data in parts.items():
-            probs = session_probs(bundle.payload(kind), bundle.outputs, model_inputs(modality, data),
+            probs = session_probs(bundle.payload(kind), bundle.outputs, runtime_inputs(bundle, data),
                                   bundle.input_name)
             rep = emodb_from_probs(probs, data) if part == "emodb" else report_from_probs(probs, data, labels)
             out[f"{part}_{tag}"] = rep

@@ -55,6 +55,8 @@ class Bundle:
     frontend: AudioFrontEnd | None
     face: FaceInput | None
     window_s: float | None
+    mirror_average: bool = False
+    """Face only: average the answers for the crop and its mirror image (input.mirror_average)."""
 
     def has_payload(self, kind: str) -> bool:
         return PAYLOADS.get(kind) in self.manifest["files"]
@@ -166,6 +168,8 @@ def _check_input(modality: str, spec: dict, bad) -> None:
         face = _settings(spec, "face", FaceInput, bad)
         if shape != [1, 1, face.size, face.size]:
             raise bad(f"a face bundle needs input.shape [1, 1, {face.size}, {face.size}], got {shape}")
+        if not isinstance(spec.get("mirror_average", False), bool):
+            raise bad(f"input.mirror_average must be true or false, got {spec['mirror_average']!r}")
     else:
         raise bad(f"modality must be 'audio' or 'face', got {modality!r}")
 
@@ -208,4 +212,5 @@ def _build(folder: Path, m: dict) -> Bundle:
         frontend=AudioFrontEnd.from_dict(spec["frontend"]) if "frontend" in spec else None,
         face=FaceInput.from_dict(spec["face"]) if "face" in spec else None,
         window_s=float(spec["window_s"]) if "window_s" in spec else None,
+        mirror_average=m["modality"] == "face" and spec.get("mirror_average", False),
     )

@@ -61,7 +61,11 @@ def _probs_dict(labels: tuple[str, ...], probs: np.ndarray) -> dict[str, float]:
 
 
 class Model:
-    """A bundle, its backend session and a preallocated softmax output."""
+    """A bundle, its backend session and preallocated softmax outputs.
+
+    A face bundle with `mirror_average` answers the mean of the softmax for the crop and for
+    its mirror image (and the mean embedding): faces are left-right symmetric in what they
+    express, and the average lifted held-out accuracy (docs/students.md)."""
 
     def __init__(self, bundle: Bundle, backend: str, backend_order: tuple[str, ...], threads: int) -> None:
         self.bundle = bundle
@@ -69,15 +73,28 @@ class Model:
         self.labels = bundle.labels
         self.probs = np.zeros(len(bundle.labels), np.float32)
         self.embedding: np.ndarray | None = None
+        self._mirror_probs = np.zeros_like(self.probs)
+        self._mirror = np.zeros(bundle.input_shape, np.float32) if bundle.mirror_average else None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.embedding = self._run(x, self.probs)
+        if self._mirror is not None:
+            np.copyto(self._mirror, x[..., ::-1])
+            embedding = self._run(self._mirror, self._mirror_probs)
+            self.probs += self._mirror_probs
+            self.probs *= 0.5
+            if embedding is not None and self.embedding is not None:
+                self.embedding = 0.5 * (self.embedding + embedding)
+        return self.probs
+
+    def _run(self, x: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+        """Softmax of the logits for `x` into `probs`; returns the embedding (or None)."""
         out = self.session.run({self.bundle.input_name: x})
         logits = out["logits"].reshape(-1)
-        np.subtract(logits, logits.max(), out=self.probs)
-        np.exp(self.probs, out=self.probs)
-        self.probs /= self.probs.sum()
-        self.embedding = out["embedding"].reshape(-1) if "embedding" in out else None
-        return self.probs
+        np.subtract(logits, logits.max(), out=probs)
+        np.exp(probs, out=probs)
+        probs /= probs.sum()
+        return out["embedding"].reshape(-1) if "embedding" in out else None
 
 
 def common_space(audio: Bundle | None, face: Bundle | None, labels: tuple[str, ...]) -> CommonSpace | None:

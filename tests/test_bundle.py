@@ -123,6 +123,8 @@ def test_labels_not_unique(copy):
     ({"modality": "audio"}, "input.frontend is missing"),
     ({"input": {"name": "face", "shape": [1, 1, 64, 64], "face": {"size": 48}}}, r"needs input.shape \[1, 1, 48, 48\]"),
     ({"outputs": {"embedding": "embedding"}}, "outputs must map 'logits'"),
+    ({"input": {"name": "face", "shape": [1, 1, 48, 48], "face": {"size": 48}, "mirror_average": "yes"}},
+     "input.mirror_average must be true or false"),
 ])
 def test_inconsistent_fields(copy, fields, problem):
     _edit_manifest(copy, **fields)

@@ -6,7 +6,8 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from conftest import PORTRAIT, rss_kb  # noqa: E402
-from edge.pipeline import Pipeline  # noqa: E402
+from edge.bundle import load_bundle  # noqa: E402
+from edge.pipeline import Model, Pipeline  # noqa: E402
 from edge.profiles import load_profile  # noqa: E402
 from edge.ring import AudioRing, FrameRing  # noqa: E402
 from edge.settings import AUDIO  # noqa: E402
@@ -114,3 +115,21 @@ def test_steady_state_allocates_nothing(pipe, frame):
     tracemalloc.stop()
     assert after - before <= 0, f"{after - before} bytes of numpy arrays kept after 200 hops"
     assert rss_kb() - base_rss < 2048
+
+
+def test_mirror_average_answers_the_mean_of_the_crop_and_its_mirror(tmp_path):
+    pytest.importorskip("torch")
+    import json
+    from tiny_models import make_face_bundle
+    folder = make_face_bundle(tmp_path / "face")
+    plain = Model(load_bundle(folder), "numpy", ("numpy",), 1)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["input"]["mirror_average"] = True
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    mirrored = Model(load_bundle(folder), "numpy", ("numpy",), 1)
+    x = np.random.default_rng(0).standard_normal((1, 1, 48, 48)).astype(np.float32)
+    p, e = plain(x).copy(), plain.embedding.copy()
+    q, f = plain(np.ascontiguousarray(x[..., ::-1])).copy(), plain.embedding.copy()
+    assert not np.allclose(p, q)
+    np.testing.assert_allclose(mirrored(x), (p + q) / 2, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mirrored.embedding, (e + f) / 2, rtol=1e-6, atol=1e-6)
