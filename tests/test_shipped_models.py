@@ -79,3 +79,16 @@ def test_audio_runs_on_other_window_lengths():
 
 def test_registry_knows_every_payload_kind():
     assert set(PAYLOAD_OF) == set(REGISTRY)
+
+
+def test_face_model_answers_for_the_crop_and_its_mirror():
+    """The shipped face bundle averages the crop and its mirror (its metrics are measured so)."""
+    from edge.pipeline import Model
+    bundle = load_bundle(MODELS_DIR / "face")
+    assert bundle.mirror_average and bundle.manifest["input"]["mirror_average"] is True
+    x = fixed_face()
+    x[..., : FACE.size // 2] += 0.5  # make the crop asymmetric
+    session = open_session(bundle, "numpy")
+    probs = [np.exp(session.run({bundle.input_name: np.ascontiguousarray(v)})["logits"][0]) for v in (x, x[..., ::-1])]
+    expected = np.mean([p / p.sum() for p in probs], axis=0)
+    np.testing.assert_allclose(Model(bundle, "numpy", ("numpy",), 1)(x), expected, rtol=1e-5, atol=1e-6)
