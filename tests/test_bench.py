@@ -14,6 +14,8 @@ BENCH = ROOT / "tools" / "bench.py"
 SHIPPED = ROOT / "edge" / "models"
 sys.path.insert(0, str(ROOT / "tools"))
 
+from edge.bundle import load_bundle  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
@@ -43,7 +45,7 @@ def _ordered(entry: dict) -> bool:
     return entry["p50_ms"] <= entry["p95_ms"] <= entry["p99_ms"]
 
 
-def test_quick_run_writes_json_with_required_keys(quick_run):
+def test_quick_run_writes_json_with_required_keys(quick_run, models):
     report, _ = quick_run
     assert {"machine", "models", "pipeline", "peers", "rss", "goals", "ratios"} <= set(report)
     assert report["machine"]["cpu"] and report["machine"]["date"]
@@ -62,6 +64,11 @@ def test_quick_run_writes_json_with_required_keys(quick_run):
     assert {"hop_ms_p50", "hop_ms_p99", "rtf", "rss_mb", "stages"} <= set(pipe)
     assert 0 < pipe["hop_ms_p50"] <= pipe["hop_ms_p99"] and pipe["rtf"] > 0 and pipe["rss_mb"] > 0
     assert {"ring", "vad", "audio", "face_detect", "crop", "face", "fusion", "total"} <= set(pipe["stages"])
+    calls = report["graphs"]["face"]["calls_per_hop"]
+    assert calls == (2 if load_bundle(models / "face").mirror_average else 1)  # crop (+ its mirror)
+    hop_goal = next(g for g in report["goals"] if g["goal"].startswith("numpy per-hop compute"))
+    face_numpy = report["models"]["face"]["numpy"]["p50_ms"]
+    assert hop_goal["measured"] == round(report["models"]["audio"]["numpy"]["p50_ms"] + calls * face_numpy, 4)
 
 
 def test_peers_are_timed_or_skipped_with_an_install_hint(quick_run):
@@ -93,7 +100,6 @@ def test_macs_and_params_of_the_stand_in_face_model(tmp_path):
     pytest.importorskip("torch")
     from bench import graph_stats
     from tiny_models import make_face_bundle
-    from edge.bundle import load_bundle
     bundle = load_bundle(make_face_bundle(tmp_path / "face"))
     stats = graph_stats(bundle, (1, 1, 48, 48))
     # conv 1->8 3x3 s2 (24x24 out), depthwise 8x 3x3, pointwise 8->16, Gemm 16->16, Gemm 16->7
