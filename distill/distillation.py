@@ -221,7 +221,7 @@ def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
     for start in range(0, len(order) - cfg.batch + 1, cfg.batch):
         idx = np.sort(order[start:start + cfg.batch])
         x = make(data, idx, rng)
-        masks = torch.get_rng_state()
+        masks = torch.get_rng_state() if quant is not None else None
         logits, emb = model(x)
         loss = student_loss(logits, emb, torch.from_numpy(data.y[idx]), data, idx, weights, cfg)
         if quant is not None:

@@ -73,19 +73,28 @@ class Model:
         self.labels = bundle.labels
         self.probs = np.zeros(len(bundle.labels), np.float32)
         self.embedding: np.ndarray | None = None
-        self._mirror_probs = np.zeros_like(self.probs)
         self._mirror = np.zeros(bundle.input_shape, np.float32) if bundle.mirror_average else None
+        self._mirror_probs = np.zeros_like(self.probs)
+        self._mean_embedding = np.zeros(bundle.embedding_dim, np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.embedding = self._run(x, self.probs)
         if self._mirror is not None:
-            np.copyto(self._mirror, x[..., ::-1])
-            embedding = self._run(self._mirror, self._mirror_probs)
-            self.probs += self._mirror_probs
-            self.probs *= 0.5
-            if embedding is not None and self.embedding is not None:
-                self.embedding = 0.5 * (self.embedding + embedding)
+            self._add_mirror(x)
         return self.probs
+
+    def _add_mirror(self, x: np.ndarray) -> None:
+        """Average the answer for `x` (already in probs/embedding) with its mirror image's."""
+        if self.embedding is not None:
+            np.copyto(self._mean_embedding, self.embedding)
+        np.copyto(self._mirror, x[..., ::-1])
+        mirrored = self._run(self._mirror, self._mirror_probs)
+        self.probs += self._mirror_probs
+        self.probs *= 0.5
+        if self.embedding is not None and mirrored is not None:
+            self._mean_embedding += mirrored
+            self._mean_embedding *= 0.5
+            self.embedding = self._mean_embedding
 
     def _run(self, x: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
         """Softmax of the logits for `x` into `probs`; returns the embedding (or None)."""
