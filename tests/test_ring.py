@@ -175,7 +175,8 @@ def test_audio_write_and_read_allocate_nothing():
         ring.read_latest(out)
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak - before < 2048, "a write or read copied a block through new memory"
+    # Numpy view objects (~100 B each) may show up in the peak; a copy of a block is 16 KB.
+    assert peak - before < block.nbytes // 4, "a write or read copied a block through new memory"
     assert current - before < 512
 
 
@@ -264,4 +265,4 @@ def test_frame_write_allocates_nothing():
         ring.read_newest(out)
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak - before < 2048 and current - before < 512
+    assert peak - before < img.nbytes // 16 and current - before < 512
