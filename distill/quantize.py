@@ -8,7 +8,7 @@ Out: a bundle folder (docs/bundle-format.md) per model:
   scheme "int8": static QDQ, int8 per-channel weights; activations uint8 (asymmetric) or,
     with `symmetric = true` (Jetson/TensorRT), int8 with zero point 0; `reduce_range` (x86
     without VNNI) uses 7-bit weights. Everything upstream of the first Conv (the log-mel
-    front end and the per-utterance normalization) stays float. Payloads: model.onnx,
+    front end and the per-utterance normalization) and that stem Conv stay float. Payloads: model.onnx,
     model.int8.onnx, model.npz, and with `tflite = true` (rpi4, rpi5) model.tflite: the
     int8 QDQ graph converted to an int8 LiteRT flatbuffer by distill/tflite.py (no
     TensorFlow; needs ai-edge-litert for its schema), its LiteRT-vs-onnxruntime argmax
@@ -80,13 +80,19 @@ def load_scheme(target: str, profiles_dir: Path = PROFILES_DIR) -> QuantScheme:
     return QuantScheme(target=name, **table)
 
 
-def float_prefix_nodes(float_path: str | Path) -> list[str]:
-    """Nodes upstream of the first Conv (front end + normalization); [] if the input feeds a Conv."""
+def float_nodes(float_path: str | Path) -> list[str]:
+    """Nodes that stay float in int8: everything upstream of the first Conv (front end and
+    normalization) and that stem Conv itself.
+
+    The stem reads a standardized float input; quantizing it re-rounds that input to 8 bits
+    with one calibrated scale, which cost more top-1 agreement with the float model than all
+    other layers together (validation split: face 97.4 -> 98.2 %, audio 96.9 -> 100 %). It
+    has one input channel, so float costs little."""
     graph = onnx.load(str(float_path)).graph
     first = next(n for n in graph.node if n.op_type == "Conv")
     if first.input[0] in {i.name for i in graph.input}:
-        return []
-    return frontend_node_names(float_path, first.input[0])
+        return [first.name]
+    return frontend_node_names(float_path, first.input[0]) + [first.name]
 
 
 def to_fp16(float_path: str | Path, out_path: str | Path) -> Path:
@@ -107,7 +113,7 @@ def quantize_model(float_path: str | Path, out_dir: str | Path, scheme: QuantSch
     path = quantize_int8(float_path, out_dir / "model.int8.onnx", calib, input_name,
                          per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
                          symmetric_activations=scheme.symmetric,
-                         nodes_to_exclude=float_prefix_nodes(float_path))
+                         nodes_to_exclude=float_nodes(float_path))
     return strip_value_info(path)
 
 

@@ -22,7 +22,8 @@ How:
   Convolutions work channels-last; TRANSPOSE (or a free RESHAPE when only unit dims move)
   is inserted only where an op needs another order; ONNX Transpose costs nothing.
 - Ops: Conv (1-D/2-D, regular/depthwise), Gemm, MaxPool, GlobalAveragePool, ReduceMean,
-  Add, Relu, Clip (ReLU/ReLU6) in int8; Mul/Add/Sub/Div, MatMul, Log, Sqrt, ReduceMean,
+  Add, Relu, Clip (ReLU/ReLU6) in int8; Conv and MaxPool (the float stem), Relu/Clip,
+  Mul/Add/Sub/Div, MatMul, Log, Sqrt, ReduceMean,
   Slice, Concat, Reshape/Flatten/(Un)Squeeze/Transpose in float. Anything else raises
   NotImplementedError naming the node.
 
@@ -427,18 +428,18 @@ class _Converter:
         return np.clip(np.rint(real / scale), -2**31, 2**31 - 1).astype(np.int32)
 
     def op_Conv(self, node, attrs) -> None:
+        """CONV_2D / DEPTHWISE_CONV_2D, int8 when input and output are quantized, else float32
+        (a float stem convolution that reads the float front end)."""
         x, w_name = node.input[0], node.input[1]
         quant = self.is_int8(node, x)
-        if quant is None:
-            raise NotImplementedError(f"node {node.name}: float Conv is not supported (expected QDQ int8)")
-        t = self.env[x]
+        t = self.env[x] if quant is not None else self.float_(self.env[x])
         rank = len(t.perm)
         if rank not in (3, 4):
             raise NotImplementedError(f"node {node.name}: only 1-D and 2-D convolutions")
-        n_in, n_out = t.onnx_shape()[0][1], self.weights[w_name][0].shape[0] if w_name in self.weights else 0
-        q, w_scales = self._quantized_weights(node, w_name, n_out)
+        n_in = t.onnx_shape()[0][1]
+        w, w_scales = self._conv_weights(node, w_name, quant)
         group = attrs.get("group", 1)
-        k = list(attrs.get("kernel_shape", q.shape[2:]))
+        k = list(attrs.get("kernel_shape", w.shape[2:]))
         strides, dilations = list(attrs.get("strides", [1] * len(k))), list(attrs.get("dilations", [1] * len(k)))
         pads = list(attrs.get("pads", [0] * 2 * len(k)))
         t = self.relayout(t, _channels_last(rank))
@@ -446,20 +447,24 @@ class _Converter:
             flat = self.new(self.tensors[t.index].name + "/2d", (t.shape[0], 1, *t.shape[1:]),
                             (t.probe[0], 1, *t.probe[1:]), _channels_last(4), t.quant)
             self.reshape_op(t, flat)
-            t, q = flat, q[:, :, None, :]
+            t, w = flat, w[:, :, None, :]
             k, strides, dilations, pads = [1, *k], [1, *strides], [1, *dilations], [0, pads[0], 0, pads[1]]
-        depthwise = group > 1 and group == n_in and q.shape[1] == 1
+        n_out = w.shape[0]
+        depthwise = group > 1 and group == n_in and w.shape[1] == 1
         if group != 1 and not depthwise:
             raise NotImplementedError(f"node {node.name}: grouped convolution (group={group}) is not supported")
         padding, t = self._padding(node, t, k, strides, dilations, pads)
-        in_scale = t.quant[0]
-        if depthwise:
-            weights = self.const(w_name, q.transpose(1, 2, 3, 0), "int8", (w_scales, np.zeros(n_out, np.int64), 3))
+        layout, axis = ((1, 2, 3, 0), 3) if depthwise else ((0, 2, 3, 1), 0)
+        bias_name = node.input[2] if len(node.input) > 2 else ""
+        if quant is None:
+            weights = self.const(w_name, np.ascontiguousarray(w.transpose(layout)), "float32")
+            bias_f = self.const_input(node, bias_name) if bias_name else np.zeros(n_out, np.float32)
+            bias = self.const(bias_name or node.name + "/bias", bias_f.astype(np.float32), "float32")
         else:
-            weights = self.const(w_name, q.transpose(0, 2, 3, 1), "int8", (w_scales, np.zeros(n_out, np.int64), 0))
-        bias_q = self._bias(node, node.input[2] if len(node.input) > 2 else "", in_scale, w_scales)
-        bias = self.const(node.input[2] if len(node.input) > 2 else node.name + "/bias", bias_q, "int32",
-                          (in_scale * w_scales, np.zeros(n_out, np.int64), 0))
+            zeros = np.zeros(n_out, np.int64)
+            weights = self.const(w_name, w.transpose(layout), "int8", (w_scales, zeros, axis))
+            bias = self.const(bias_name or node.name + "/bias", self._bias(node, bias_name, t.quant[0], w_scales),
+                              "int32", (t.quant[0] * w_scales, zeros, 0))
         out_name = node.output[0]
         if rank == 3:
             shape, probe = self.tr.shapes[out_name], self.pr.shapes[out_name]
@@ -474,9 +479,16 @@ class _Converter:
                     self.options("DepthwiseConv2DOptions", depthMultiplier=n_out // n_in, **fields), version=3)
         else:
             self.op("CONV_2D", [t.index, weights, bias], [out.index], self.options("Conv2DOptions", **fields),
-                    version=3)
+                    version=3 if quant else 1)
         if rank == 3:
             self.reshape_op(out, self.value(out_name, _channels_last(3), quant))
+
+    def _conv_weights(self, node, w_name: str, quant) -> tuple[np.ndarray, np.ndarray | None]:
+        """[O, I / group, *kernel]: int8 with per-channel scales when `quant`, else float32 and None."""
+        if quant is None:
+            return self.const_input(node, w_name).astype(np.float32), None
+        n_out = self.weights[w_name][0].shape[0] if w_name in self.weights else 0
+        return self._quantized_weights(node, w_name, n_out)
 
     def _padding(self, node, t: _T, k, strides, dilations, pads) -> tuple[int, _T]:
         """TFLite padding for ONNX pads: VALID, SAME when it pads the same way, else PAD + VALID."""
@@ -525,15 +537,15 @@ class _Converter:
     def op_MaxPool(self, node, attrs) -> None:
         t = self.env[node.input[0]]
         plain = not attrs.get("ceil_mode", 0) and all(d == 1 for d in attrs.get("dilations", [1, 1]))
-        if t.quant is None or len(t.perm) != 4 or not plain:
-            raise NotImplementedError(f"node {node.name}: only int8 2-D MaxPool without ceil_mode/dilations")
+        if len(t.perm) != 4 or not plain:
+            raise NotImplementedError(f"node {node.name}: only 2-D MaxPool without ceil_mode/dilations")
         k, strides = attrs["kernel_shape"], attrs.get("strides", [1, 1])
         t = self.relayout(t, _channels_last(4))
         padding, t = self._padding(node, t, k, strides, [1, 1], attrs.get("pads", [0] * 4))
         out = self.value(node.output[0], _channels_last(4), t.quant)
         self.op("MAX_POOL_2D", [t.index], [out.index],
                 self.options("Pool2DOptions", padding=padding, strideH=strides[0], strideW=strides[1],
-                             filterHeight=k[0], filterWidth=k[1]), version=2)
+                             filterHeight=k[0], filterWidth=k[1]), version=2 if t.quant else 1)
 
     def op_GlobalAveragePool(self, node, attrs) -> None:
         rank = len(self.env[node.input[0]].perm)
@@ -653,7 +665,12 @@ class _Converter:
     op_Reshape = op_Flatten = op_Squeeze = op_Unsqueeze = _reshape
 
     def op_Identity(self, node, attrs) -> None:
-        self.env[node.output[0]] = self.env[node.input[0]]
+        """An alias: of a value, or of a dequantized weight (the exporter shares equal biases)."""
+        src, dst = node.input[0], node.output[0]
+        if src in self.weights:
+            self.weights[dst] = self.weights[src]
+        else:
+            self.env[dst] = self.env[src]
 
     def op_Concat(self, node, attrs) -> None:
         ts = [self.ordered(self.float_(self.env[n])) for n in node.input]

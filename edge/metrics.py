@@ -8,6 +8,7 @@ that occur in the truth (a class with no true sample has no recall to average).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -54,13 +55,20 @@ def classification_report(y_true: Sequence[str], y_pred: Sequence[str], labels: 
     }
 
 
+def truncated(x: float, digits: int) -> str:
+    """`x` with `digits` decimals, cut rather than rounded (a figure is never shown higher
+    than measured; the epsilon keeps 0.7 from printing as 0.6999)."""
+    scale = 10 ** digits
+    return f"{math.floor(x * scale + 1e-9) / scale:.{digits}f}"
+
+
 def format_report(report: dict) -> str:
     """A plain-text summary: headline figures, per-class recall and the confusion matrix."""
     labels = report["labels"]
     width = max(8, *(len(label) for label in labels))
-    lines = [f"n={report['n']}  accuracy={report['accuracy']:.4f}  UAR={report['uar']:.4f}  "
-             f"macro-F1={report['macro_f1']:.4f}",
-             "recall: " + "  ".join(f"{k}={v['recall']:.3f}" for k, v in report["per_class"].items()
+    lines = [f"n={report['n']}  accuracy={truncated(report['accuracy'], 4)}  UAR={truncated(report['uar'], 4)}  "
+             f"macro-F1={truncated(report['macro_f1'], 4)}",
+             "recall: " + "  ".join(f"{k}={truncated(v['recall'], 3)}" for k, v in report["per_class"].items()
                                     if v["support"]),
              "confusion (rows: true, columns: predicted):",
              " " * width + "".join(f"{label[:7]:>8}" for label in labels)]

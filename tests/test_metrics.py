@@ -33,5 +33,7 @@ def test_format_and_plot(tmp_path):
     r = classification_report(["a", "b"], ["a", "a"], ["a", "b"])
     text = format_report(r)
     assert "UAR=0.5000" in text and "confusion" in text
+    two_thirds = classification_report(["a", "a", "a"], ["a", "a", "b"], ["a", "b"])
+    assert "accuracy=0.6666" in format_report(two_thirds)   # cut, never rounded up
     png = plot_confusion(r, tmp_path / "cm.png")
     assert png.read_bytes()[:4] == b"\x89PNG"

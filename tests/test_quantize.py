@@ -12,7 +12,7 @@ from onnx import numpy_helper  # noqa: E402
 
 from distill.export import export_onnx  # noqa: E402
 from distill.models.students import AudioStudent, FaceStudent, fold_batchnorm  # noqa: E402
-from distill.quantize import QuantScheme, float_prefix_nodes, load_scheme, make_bundle  # noqa: E402
+from distill.quantize import QuantScheme, float_nodes, load_scheme, make_bundle  # noqa: E402
 from edge.backends import installed_backends, open_session  # noqa: E402
 from edge.bundle import load_bundle  # noqa: E402
 from edge.errors import ConfigError  # noqa: E402
@@ -82,15 +82,21 @@ def test_jetson_is_symmetric_int8_with_zero_points_zero(tiny_audio, tmp_path):
     assert manifest["agreement"]["numpy_vs_onnxruntime_argmax"] == 1.0
 
 
-def test_front_end_stays_float(tiny_audio, tmp_path):
+def test_front_end_and_stem_stay_float(tiny_audio, tmp_path):
     path, calib = tiny_audio
-    names = float_prefix_nodes(path)
-    assert any("frontend" in n for n in names) and not any(n.startswith("/body") for n in names)
-    folder = make_bundle(path, tmp_path / "a", load_scheme("rpi4"), calib, _manifest("audio"))
+    names = float_nodes(path)
+    body = [n for n in names if n.startswith("/body")]
+    assert any("frontend" in n for n in names) and len(body) == 1 and body[0].endswith("Conv")
+    folder = make_bundle(path, tmp_path / "a", load_scheme("rpi4"), calib, _manifest("audio"), check=(calib, None))
+    agreement = json.loads((folder / "manifest.json").read_text())["agreement"]
+    assert agreement["numpy_vs_onnxruntime_argmax"] == 1.0 and agreement["litert_vs_onnxruntime_argmax"] == 1.0
     model = _int8_model(folder)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     assert inits["frontend.mel"].dtype == np.float32
-    assert any(a.dtype == np.int8 and a.ndim == 4 for a in inits.values())   # conv weights are int8
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert inits[convs[0].input[1]].dtype == np.float32   # the stem reads the float front end
+    assert all(n.input[1] not in inits for n in convs[1:])   # later weights come from DequantizeLinear
+    assert any(a.dtype == np.int8 and a.ndim == 4 for a in inits.values())
 
 
 def test_x86_reduce_range_uses_7_bit_weights(tiny_audio, tmp_path):
@@ -119,9 +125,9 @@ def test_face_bundle_runs_on_every_backend_with_one_top_label(tmp_path):
     path = export_onnx(model, torch.zeros(1, 1, 48, 48), tmp_path / "f.onnx", "face")
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((1, 1, 48, 48)).astype(np.float32) for _ in range(16)]
-    folder = make_bundle(path, tmp_path / "face", QuantScheme(target="test"), calib, _manifest("face"),
+    folder = make_bundle(path, tmp_path / "face", load_scheme("rpi4"), calib, _manifest("face"),
                          check=(calib, None))
     bundle = load_bundle(folder)
     tops = {name: int(np.argmax(open_session(bundle, name).run({"face": calib[0]})["logits"]))
-            for name in installed_backends() if name != "litert"}
-    assert len(tops) >= 2 and len(set(tops.values())) == 1, tops
+            for name in installed_backends()}
+    assert len(tops) >= 3 and len(set(tops.values())) == 1, tops

@@ -551,6 +551,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def write_outputs(report: dict, args: argparse.Namespace) -> str:
     text = markdown(report)
+    for path in (args.markdown, args.json, args.plot):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     if args.markdown:
         Path(args.markdown).write_text(text, encoding="utf-8")
     if args.json:
