@@ -337,7 +337,10 @@ def provenance(modality: str, result: dict, root: Path) -> dict:
 
 
 def _git_sha() -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    """HEAD's commit, with "-dirty" when tracked files differ from it (the export's code is then
+    not exactly that commit)."""
+    proc = subprocess.run(["git", "describe", "--always", "--abbrev=40", "--dirty"],
+                          capture_output=True, text=True, check=False)
     return proc.stdout.strip() or "uncommitted working tree"
 
 
