@@ -14,6 +14,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -73,10 +74,20 @@ def pretty(result) -> str:
            f"{result.latency_ms.get('total', 0):6.1f} ms"
 
 
-def _stop_on_signals() -> None:
+def _stop_on_signals() -> threading.Event:
+    """SIGINT and SIGTERM set the returned event; the loop ends after the hop in progress.
+    (Raising KeyboardInterrupt from the handler could land inside the stream's own code, with
+    a lock held or a thread half-stopped, and hang the exit.) A second signal raises it anyway:
+    the way out when the loop itself is stuck, e.g. writing to a pipe nobody reads."""
+    requested = threading.Event()
+
     def stop(signum, frame):
-        raise KeyboardInterrupt
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    return requested
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -90,10 +101,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                        audio_model=None if args.no_audio else args.audio_model,
                        face_model=args.face_model)
     results, fused, warned = [], Counter(), set()
-    _stop_on_signals()
+    stop_requested = _stop_on_signals()
     try:
         with stream:
             for result in stream:
+                if stop_requested.is_set():
+                    break
                 for event in result.events:
                     if event not in warned:
                         print(f"avemo-edge: warning: {event}", file=sys.stderr, flush=True)
@@ -102,11 +115,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 fused[result.fused["label"] if result.fused else None] += 1
                 if args.overlay:
                     results.append(result)
-    except KeyboardInterrupt:
-        pass
     except BrokenPipeError:
         sys.stderr.close()
         return 0
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C may abort the overlay
     if args.overlay:
         write_overlay(args.video, results, args.overlay)
     print(_summary(fused), file=sys.stderr)

@@ -70,9 +70,10 @@ class AudioRing:
         if n > self.capacity:
             raise ValueError(f"read_latest wants {n} samples but the AudioRing holds {self.capacity}")
         for _ in range(_MAX_RETRIES):
-            end = self.written if until is None else min(until, self.written)
+            written = self.written  # one snapshot: a producer running flat out moves it meanwhile
+            end = written if until is None else min(until, written)
             real = min(n, end)
-            if end - real < self.written - self.capacity:
+            if end - real < written - self.capacity:
                 raise ValueError(f"the {n} samples before sample {until} are no longer in the "
                                  f"AudioRing ({self.written} written, capacity {self.capacity})")
             self._copy_out(out[n - real:], end - real)

@@ -5,7 +5,6 @@ import csv
 import struct
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from edge.errors import DeviceError, MediaError
 from edge.ring import AudioRing
 from edge.settings import AUDIO
 
+from alloc import allocated_by
 from media import face_video, need, shared_data, speech_wav, virtual_mic, write_wav
 
 SR = AUDIO.sample_rate
@@ -230,16 +230,11 @@ def test_stream_resampler_matches_offline(rate):
 
 
 def test_stream_resampler_allocates_nothing_per_block():
-    rs, block = StreamResampler(44100, SR, max_block=882), np.ones(882, np.float32)
-    for _ in range(20):
-        rs.process(block)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for _ in range(500):
-        rs.process(block)
-    current, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert peak - before < 4096 and current - before < 1024
+    peak, held = allocated_by("from edge.audio import StreamResampler",
+                              "rs, block = StreamResampler(44100, 16000, max_block=882), np.ones(882, np.float32)\n"
+                              "for _ in range(20): rs.process(block)",
+                              "rs.process(block)", steps=500)
+    assert peak < 4096 and held < 1024
 
 
 def test_mic_unknown_device_is_a_device_error():

@@ -1,6 +1,8 @@
 """End-to-end: the `avemo-edge` command on real media, as a user runs it."""
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +173,17 @@ def test_console_script_is_installed():
     assert exe.exists()
     p = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "run" in p.stdout
+
+
+def test_first_signal_asks_the_loop_to_stop_a_second_forces_it():
+    from edge.cli import _stop_on_signals
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        requested = _stop_on_signals()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert requested.is_set()   # no exception: the loop ends after its hop
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -4,13 +4,15 @@ from __future__ import annotations
 import sys
 import threading
 import time
-import tracemalloc
 
 import numpy as np
 import pytest
 
 from edge.errors import MediaError
 from edge.ring import AudioRing, FrameRing
+from alloc import allocated_by
+
+RING = "from edge.ring import AudioRing, FrameRing"
 
 BLOCK = 320  # 20 ms at 16 kHz
 
@@ -165,19 +167,11 @@ def test_audio_threads_flat_out_never_mix(fast_switching):
 
 
 def test_audio_write_and_read_allocate_nothing():
-    ring, block, out = AudioRing(48000), np.ones(4096, np.float32), np.empty(16000, np.float32)
-    ring.write(block)
-    ring.read_latest(out)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for _ in range(1000):
-        ring.write(block)
-        ring.read_latest(out)
-    current, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    # Numpy view objects (~100 B each) may show up in the peak; a copy of a block is 16 KB.
-    assert peak - before < block.nbytes // 4, "a write or read copied a block through new memory"
-    assert current - before < 512
+    peak, held = allocated_by(RING, "ring, block, out = AudioRing(48000), np.ones(4096, np.float32), "
+                               "np.empty(16000, np.float32)",
+                               "ring.write(block); ring.read_latest(out)")
+    assert peak < 2048, "a write or read copied a block (16 KB) through new memory"
+    assert held < 512
 
 
 def frame(value: int, shape=(24, 32, 3)) -> np.ndarray:
@@ -254,15 +248,7 @@ def test_frame_threads_never_torn(fast_switching):
 
 
 def test_frame_write_allocates_nothing():
-    shape = (240, 320, 3)
-    ring, img, out = FrameRing(4, shape), frame(5, shape), np.empty(shape, np.uint8)
-    ring.write(img, 0.0)
-    ring.read_newest(out)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for i in range(1000):
-        ring.write(img, float(i))
-        ring.read_newest(out)
-    current, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert peak - before < img.nbytes // 16 and current - before < 512
+    peak, held = allocated_by(RING, "ring, img = FrameRing(4, (240, 320, 3)), np.full((240, 320, 3), 5, np.uint8)\n"
+                               "out = np.empty_like(img)",
+                               "ring.write(img, 0.0); ring.read_newest(out)")
+    assert peak < 2048 and held < 512
