@@ -5,9 +5,10 @@ the shipped students. Those are inputs whose float top-two margin is below the i
 calibration choices did not move that, so the weights have to.
 
 `FakeQuant(model)` emulates the export's scheme on a torch student: per-output-channel
-symmetric int8 weights on every Conv2d/Linear outside the float front end, and per-tensor
+symmetric int8 weights on every Conv2d/Linear except the body's first (stem) Conv, which the
+export keeps float with its float input (distill.quantize.float_nodes), and per-tensor
 asymmetric uint8 activations (range = running min/max, like the min/max calibrator) on the
-tensors the QDQ graph quantizes: the body's input, every ReLU/ReLU6 output (Conv+ReLU is one
+tensors the QDQ graph quantizes: every ReLU/ReLU6 output (Conv+ReLU is one
 quantized op), each BatchNorm output that no activation follows (linear projections), each
 residual sum, and every Linear's input and output. Rounding passes gradients straight
 through. A BatchNorm scales each output channel, so per-channel symmetric weight rounding
@@ -99,12 +100,12 @@ class FakeQuant:
         self.weights: list[tuple[nn.Module, WeightFakeQuant]] = []
         self.activations: list[ActivationFakeQuant] = []
         self.handles = []
+        stem = next(m for m in model.body.modules() if isinstance(m, nn.Conv2d))
         for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and module is not stem:
                 fq = WeightFakeQuant()
                 parametrize.register_parametrization(module, "weight", fq)
                 self.weights.append((module, fq))
-        self._hook_input(model.body)
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 self._hook_input(module)
