@@ -457,9 +457,9 @@ class _Converter:
         layout, axis = ((1, 2, 3, 0), 3) if depthwise else ((0, 2, 3, 1), 0)
         bias_name = node.input[2] if len(node.input) > 2 else ""
         if quant is None:
-            weights = self.const(w_name, np.ascontiguousarray(w.transpose(layout)), "float32")
+            weights = self.const(w_name, w.transpose(layout), "float32")
             bias_f = self.const_input(node, bias_name) if bias_name else np.zeros(n_out, np.float32)
-            bias = self.const(bias_name or node.name + "/bias", bias_f.astype(np.float32), "float32")
+            bias = self.const(bias_name or node.name + "/bias", bias_f, "float32")
         else:
             zeros = np.zeros(n_out, np.int64)
             weights = self.const(w_name, w.transpose(layout), "int8", (w_scales, zeros, axis))

@@ -249,6 +249,6 @@ def test_frame_threads_never_torn(fast_switching):
 
 def test_frame_write_allocates_nothing():
     peak, held = allocated_by(RING, "ring, img = FrameRing(4, (240, 320, 3)), np.full((240, 320, 3), 5, np.uint8)\n"
-                               "out = np.empty_like(img)",
-                               "ring.write(img, 0.0); ring.read_newest(out)")
+                               "out, i = np.empty_like(img), 0",
+                               "ring.write(img, float(i)); ring.read_newest(out)")
     assert peak < 2048 and held < 512
