@@ -3,9 +3,10 @@
 In:  `Arrays` per split. Audio: x float32 [N, L] zero-padded waveforms (16 kHz) with
      `lengths` [N]; face: x float32 [N, 1, S, S] gray 0..255 crops. y int64 [N].
      Optional teacher targets per item: `teacher_logits` [N, C], `teacher_emb` [N, D].
-Out: `fit` -> the student (eval mode) at the epoch with the best validation UAR, and a
-     history list of per-epoch dicts. `predict` -> probabilities [N, C] the way the runtime
-     sees the input (audio: mean over 2.0 s windows hopped by 0.5 s; face: one crop).
+Out: `fit` -> the student (eval mode) at the epoch with the best validation UAR (or the last
+     epoch when no validation split is given), and a history list of per-epoch dicts; a
+     checkpoint file makes the run resumable. `predict` -> probabilities [N, C] (audio: mean
+     over WINDOW_S windows hopped by 0.5 s; face: one crop).
 
 Loss = CE(labels, class weights (1/count)**balance, label smoothing)
      + alpha * kd_loss(student logits, teacher logits, T) + beta * MSE(student embedding,
@@ -13,17 +14,19 @@ Loss = CE(labels, class weights (1/count)**balance, label smoothing)
        last two terms only when teacher targets are given and kd is on)
      + qat * agreement_loss(float logits, fake-int8 logits of the same batch)   (distill/qat.py;
        only when FitConfig.qat > 0).
-Augmentation (train only, per batch, in torch): audio: random 2.0 s crop, speed/pitch change
-by resampling, random gain, a random spectral tilt (first-order EQ), additive white or brown
-noise at a random SNR; face: flip, small rotation/scale/shift, gamma and contrast, then the
+Augmentation (train only, per batch, in torch): audio: random WINDOW_S crop, optional
+speed/pitch change by resampling, additive white or pink noise at a random SNR, random gain
+(FitConfig's audio fields); face: flip, small rotation/scale/shift, gamma and contrast, then the
 runtime's per-crop standardization.
 
 `main(argv)` is `python -m distill.train students ...` (the stage wiring is in distill/ship.py).
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -33,12 +36,13 @@ from torch import nn
 
 from distill.qat import FakeQuant, agreement_loss
 from edge.metrics import classification_report
+from edge.features import window_samples
 from edge.settings import AUDIO, FACE
 
-WINDOW_S = 2.0
-"""Audio crop and runtime window length (seconds)."""
+WINDOW_S = 3.0
+"""Audio training crop and runtime window length (seconds; written into the bundle)."""
 EVAL_HOP_S = 0.5
-"""Hop between the 2.0 s windows averaged to score a whole utterance."""
+"""Hop between the WINDOW_S windows averaged to score a whole utterance."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,14 @@ class FitConfig:
     """Class weights are (1 / class count) ** balance: 1 balances fully, 0 not at all."""
     qat: float = 0.0
     """Weight of the float-vs-fake-int8 agreement loss (distill/qat.py); 0 trains float only."""
+    speed: float = 0.0
+    """Audio: random speed change of up to +-speed (resampling the crop)."""
+    snr_db: tuple[float, float] = (5.0, 30.0)
+    """Audio: range of the SNR of the added white or pink noise."""
+    noise_p: float = 0.8
+    """Audio: share of the crops that get noise."""
+    gain_db: float = 10.0
+    """Audio: random gain range (+-dB)."""
 
 
 @dataclass
@@ -87,8 +99,9 @@ class Arrays:
 
 # ---------------------------------------------------------------- audio batches
 
-def window_samples() -> int:
-    return int(WINDOW_S * AUDIO.sample_rate) // AUDIO.hop * AUDIO.hop
+def crop_samples() -> int:
+    """Samples in one training crop (the runtime window)."""
+    return window_samples(WINDOW_S)
 
 
 def _crop(x: np.ndarray, lengths: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -103,41 +116,43 @@ def _crop(x: np.ndarray, lengths: np.ndarray, n: int, rng: np.random.Generator) 
     return out
 
 
-def augment_audio(wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Gain, spectral tilt and additive noise at a random SNR on a batch [B, T]."""
+def augment_audio(wave: torch.Tensor, rng: np.random.Generator, cfg: "FitConfig") -> torch.Tensor:
+    """Additive white or pink noise at a random SNR (cfg.snr_db, on a cfg.noise_p share of the
+    batch) and a random gain of +-cfg.gain_db, on a batch [B, T]."""
     b = wave.shape[0]
-    tilt = torch.from_numpy(rng.uniform(-0.5, 0.5, (b, 1)).astype(np.float32))
-    wave = torch.cat([wave[:, :1], wave[:, 1:] + tilt * wave[:, :-1]], dim=1)
     noise = torch.from_numpy(rng.standard_normal(wave.shape).astype(np.float32))
-    brown = torch.from_numpy(rng.random((b, 1)) < 0.5)
-    noise = torch.where(brown, _brown(noise), noise)
-    snr_db = torch.from_numpy(rng.uniform(10.0, 40.0, (b, 1)).astype(np.float32))
-    use = torch.from_numpy((rng.random((b, 1)) < 0.4).astype(np.float32))
+    pink = torch.from_numpy(rng.random((b, 1)) < 0.5)
+    noise = torch.where(pink, _pink(noise), noise)
+    snr_db = torch.from_numpy(rng.uniform(*cfg.snr_db, (b, 1)).astype(np.float32))
+    use = torch.from_numpy((rng.random((b, 1)) < cfg.noise_p).astype(np.float32))
     power = wave.pow(2).mean(1, keepdim=True) + 1e-8
     scale = torch.sqrt(power / (noise.pow(2).mean(1, keepdim=True) + 1e-8) / 10 ** (snr_db / 10))
     wave = wave + use * scale * noise
-    gain = torch.from_numpy((10 ** (rng.uniform(-12, 6, (b, 1)) / 20)).astype(np.float32))
+    gain = torch.from_numpy((10 ** (rng.uniform(-cfg.gain_db, cfg.gain_db, (b, 1)) / 20)).astype(np.float32))
     return torch.clamp(wave * gain, -1.0, 1.0)
 
 
-def _brown(noise: torch.Tensor) -> torch.Tensor:
-    walk = torch.cumsum(noise, dim=1)
-    return walk - walk.mean(1, keepdim=True)
+def _pink(noise: torch.Tensor) -> torch.Tensor:
+    """White noise [B, T] shaped to a 1/f power spectrum."""
+    spectrum = torch.fft.rfft(noise, dim=1)
+    f = torch.arange(spectrum.shape[1], dtype=torch.float32).clamp_min(1.0)
+    return torch.fft.irfft(spectrum / torch.sqrt(f), n=noise.shape[1], dim=1)
 
 
-def audio_batch(data: Arrays, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-    """Random 2.0 s crops, resampled by a random speed factor, then augmented."""
-    n = window_samples()
-    speed = rng.uniform(0.88, 1.12)
+def audio_batch(data: Arrays, idx: np.ndarray, rng: np.random.Generator, cfg: "FitConfig") -> torch.Tensor:
+    """Random WINDOW_S crops, resampled by a random speed factor (cfg.speed), then augmented."""
+    n = crop_samples()
+    speed = rng.uniform(1.0 - cfg.speed, 1.0 + cfg.speed)
     src = int(round(n * speed))
     crops = torch.from_numpy(_crop(data.x[idx], data.lengths[idx], src, rng))
-    crops = F.interpolate(crops[:, None], size=n, mode="linear", align_corners=False)[:, 0]
-    return augment_audio(crops, rng)
+    if src != n:
+        crops = F.interpolate(crops[:, None], size=n, mode="linear", align_corners=False)[:, 0]
+    return augment_audio(crops, rng, cfg)
 
 
 def audio_windows(wave: np.ndarray, length: int) -> np.ndarray:
-    """The 2.0 s windows (hop 0.5 s) covering one utterance, zero-padded if shorter, [W, n]."""
-    n, hop = window_samples(), int(EVAL_HOP_S * AUDIO.sample_rate)
+    """The WINDOW_S windows (hop 0.5 s) covering one utterance, zero-padded if shorter, [W, n]."""
+    n, hop = crop_samples(), int(EVAL_HOP_S * AUDIO.sample_rate)
     if length <= n:
         out = np.zeros((1, n), np.float32)
         out[0, :length] = wave[:length]
@@ -178,7 +193,7 @@ def augment_faces(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return (x - 128.0) * contrast + 128.0
 
 
-def face_batch(data: Arrays, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+def face_batch(data: Arrays, idx: np.ndarray, rng: np.random.Generator, cfg: "FitConfig") -> torch.Tensor:
     return standardize_faces(augment_faces(torch.from_numpy(data.x[idx]), rng))
 
 
@@ -207,7 +222,7 @@ def student_loss(logits: torch.Tensor, emb: torch.Tensor, y: torch.Tensor, data:
     return loss
 
 
-def batcher(data: Arrays) -> Callable[[Arrays, np.ndarray, np.random.Generator], torch.Tensor]:
+def batcher(data: Arrays) -> Callable[[Arrays, np.ndarray, np.random.Generator, FitConfig], torch.Tensor]:
     return audio_batch if data.modality == "audio" else face_batch
 
 
@@ -220,7 +235,7 @@ def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
     total = 0.0
     for start in range(0, len(order) - cfg.batch + 1, cfg.batch):
         idx = np.sort(order[start:start + cfg.batch])
-        x = make(data, idx, rng)
+        x = make(data, idx, rng, cfg)
         masks = torch.get_rng_state() if quant is not None else None
         logits, emb = model(x)
         loss = student_loss(logits, emb, torch.from_numpy(data.y[idx]), data, idx, weights, cfg)
@@ -238,7 +253,7 @@ def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
 
 @torch.no_grad()
 def predict(model: nn.Module, data: Arrays, batch: int = 256) -> np.ndarray:
-    """Class probabilities [N, C] (audio: mean over the utterance's 2.0 s windows)."""
+    """Class probabilities [N, C] (audio: mean over the utterance's WINDOW_S windows)."""
     model.eval()
     if data.modality == "face":
         x = torch.from_numpy(data.x)
@@ -258,34 +273,89 @@ def evaluate(model: nn.Module, data: Arrays, labels: list[str]) -> dict:
     return classification_report([labels[i] for i in data.y], [labels[i] for i in pred], labels)
 
 
-def fit(model: nn.Module, train: Arrays, val: Arrays, labels: list[str], cfg: FitConfig,
-        log: Callable[[str], None] = print) -> tuple[nn.Module, list[dict]]:
-    """Train `model` on `train`, keep the epoch with the best UAR on `val` (module docstring)."""
+def fit(model: nn.Module, train: Arrays, val: Arrays | None, labels: list[str], cfg: FitConfig,
+        log: Callable[[str], None] = print, checkpoint: Path | None = None) -> tuple[nn.Module, list[dict]]:
+    """Train `model` on `train`; with `val`, keep the epoch with the best validation UAR, without
+    it the last epoch (a fixed epoch count). With `checkpoint`, the whole training state is saved
+    there every CHECKPOINT_S and at the end, and a run started again resumes from it."""
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     steps = max(1, len(train) // cfg.batch) * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
                                                 pct_start=0.15)
+    state = TrainState(rng=np.random.default_rng(cfg.seed))
+    if checkpoint is not None and checkpoint.is_file():
+        state = resume(checkpoint, model, opt, sched)
+        log(f"resumed {checkpoint} after epoch {state.epoch}")
     weights = class_weights(train.y, len(labels), cfg.balance)
     quant = FakeQuant(model) if cfg.qat > 0 else None
-    best, best_state, history, t0 = -1.0, None, [], time.time()
-    for epoch in range(cfg.epochs):
-        loss = train_epoch(model, train, opt, sched, cfg, rng, weights, quant)
-        report = evaluate(model, val, labels)
-        history.append({"epoch": epoch + 1, "loss": loss, "val_uar": report["uar"],
-                        "val_accuracy": report["accuracy"], "minutes": (time.time() - t0) / 60})
-        log(f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} val UAR {report['uar']:.4f} "
-            f"acc {report['accuracy']:.4f} ({history[-1]['minutes']:.1f} min)")
-        if report["uar"] > best:
-            best, best_state = report["uar"], {k: v.clone() for k, v in model.state_dict().items()}
-        if history[-1]["minutes"] > cfg.max_minutes:
+    t0, saved = time.time() - state.minutes * 60, time.time()
+    for epoch in range(state.epoch, cfg.epochs):
+        loss = train_epoch(model, train, opt, sched, cfg, state.rng, weights, quant)
+        entry = {"epoch": epoch + 1, "loss": loss, "minutes": (time.time() - t0) / 60}
+        if val is not None:
+            report = evaluate(model, val, labels)
+            entry.update(val_uar=report["uar"], val_accuracy=report["accuracy"])
+            if report["uar"] > state.best:
+                state.best, state.best_state = report["uar"], {k: v.clone() for k, v in model.state_dict().items()}
+        state.history.append(entry)
+        state.epoch, state.minutes = epoch + 1, entry["minutes"]
+        log(f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f}" + (
+            f" val UAR {entry['val_uar']:.4f} acc {entry['val_accuracy']:.4f}" if val is not None else "")
+            + f" ({entry['minutes']:.1f} min)")
+        if checkpoint is not None and (time.time() - saved > CHECKPOINT_S or state.epoch == cfg.epochs):
+            save_state(checkpoint, state, model, opt, sched)
+            saved = time.time()
+        if entry["minutes"] > cfg.max_minutes:
             log(f"stopping: {cfg.max_minutes} min budget reached")
             break
-    model.load_state_dict(best_state)
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
     if quant is not None:
         quant.remove()
-    return model.eval(), history
+    return model.eval(), state.history
+
+
+CHECKPOINT_S = 300.0
+"""Seconds between training-state checkpoints (a stopped run loses at most this much)."""
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs besides the model, optimizer and schedule."""
+
+    rng: np.random.Generator
+    epoch: int = 0
+    minutes: float = 0.0
+    best: float = -1.0
+    best_state: dict | None = None
+    history: list = field(default_factory=list)
+
+
+def save_state(path: Path, state: TrainState, model: nn.Module, opt: torch.optim.Optimizer,
+               sched: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Model, optimizer, schedule, both RNGs, epoch and history, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "torch_rng": torch.get_rng_state(), "rng": state.rng.bit_generator.state,
+                "epoch": state.epoch, "minutes": state.minutes, "best": state.best,
+                "best_state": state.best_state, "history": state.history}, tmp)
+    os.replace(tmp, path)
+
+
+def resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+           sched: torch.optim.lr_scheduler.LRScheduler) -> TrainState:
+    """Load what `save_state` wrote into model/opt/sched; returns the rest."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    sched.load_state_dict(ckpt["sched"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = ckpt["rng"]
+    return TrainState(rng=rng, epoch=ckpt["epoch"], minutes=ckpt["minutes"], best=ckpt["best"],
+                      best_state=ckpt["best_state"], history=ckpt["history"])
 
 
 def main(argv: list[str] | None = None) -> int:

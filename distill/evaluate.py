@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from distill.data import Item, load_corpus, read_split
-from distill.data.batches import TeacherData, collate, prepare, window_samples
+from distill.data.batches import TeacherData, collate, prepare
 from distill.data.cache import load_faces, load_waveforms
 from distill.models.teacher import Teacher, load_teacher
+from edge.features import window_samples
 from edge.errors import AvemoError
 from edge.evaluate import score
 from edge.metrics import format_report, plot_confusion

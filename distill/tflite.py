@@ -21,9 +21,9 @@ How:
 - Layouts: every tensor records `perm` (TFLite tensor = ONNX tensor transposed by perm).
   Convolutions work channels-last; TRANSPOSE (or a free RESHAPE when only unit dims move)
   is inserted only where an op needs another order; ONNX Transpose costs nothing.
-- Ops: Conv (1-D/2-D, regular/depthwise), Gemm, MaxPool, GlobalAveragePool, ReduceMean,
+- Ops: Conv (1-D/2-D, regular/depthwise), Gemm, MaxPool, GlobalAveragePool, ReduceMean, ReduceMax,
   Add, Relu, Clip (ReLU/ReLU6) in int8; Conv and MaxPool (the float stem), Relu/Clip,
-  Mul/Add/Sub/Div, MatMul, Log, Sqrt, ReduceMean,
+  Mul/Add/Sub/Div, MatMul, Log, Sqrt, ReduceMean, ReduceMax,
   Slice, Concat, Reshape/Flatten/(Un)Squeeze/Transpose in float. Anything else raises
   NotImplementedError naming the node.
 
@@ -549,17 +549,23 @@ class _Converter:
 
     def op_GlobalAveragePool(self, node, attrs) -> None:
         rank = len(self.env[node.input[0]].perm)
-        self._mean(node, list(range(2, rank)), True)
+        self._reduce(node, "MEAN", list(range(2, rank)), True)
 
     def op_ReduceMean(self, node, attrs) -> None:
+        self._reduce_axes(node, attrs, "MEAN")
+
+    def op_ReduceMax(self, node, attrs) -> None:
+        self._reduce_axes(node, attrs, "REDUCE_MAX")
+
+    def _reduce_axes(self, node, attrs, builtin: str) -> None:
         rank = len(self.env[node.input[0]].perm)
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             axes = self.const_input(node, node.input[1]).tolist()
         axes = list(range(rank)) if axes is None else [a % rank for a in axes]
-        self._mean(node, axes, bool(attrs.get("keepdims", 1)))
+        self._reduce(node, builtin, axes, bool(attrs.get("keepdims", 1)))
 
-    def _mean(self, node, axes: list[int], keepdims: bool) -> None:
+    def _reduce(self, node, builtin: str, axes: list[int], keepdims: bool) -> None:
         t = self.env[node.input[0]]
         quant = self.is_int8(node, node.input[0])
         if quant is None:
@@ -572,7 +578,7 @@ class _Converter:
             perm = tuple(sorted(kept).index(p) for p in kept)
         out = self.value(node.output[0], perm, quant)
         axes_t = self.const(node.output[0] + "/axes", np.array(tfl_axes, np.int32), "int32")
-        self.op("MEAN", [t.index, axes_t], [out.index], self.options("ReducerOptions", keepDims=keepdims),
+        self.op(builtin, [t.index, axes_t], [out.index], self.options("ReducerOptions", keepDims=keepdims),
                 version=2 if quant else 1)
 
     def op_Relu(self, node, attrs) -> None:

@@ -37,9 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from distill.data import Item, load_corpus, read_split, speaker_folds, split_by_speaker, write_split
-from distill.data.batches import TeacherData, Unit, collate, prepare, window_samples
+from distill.data.batches import TeacherData, Unit, collate, prepare
 from distill.losses import hgr_three_way
 from distill.models.teacher import Teacher, TeacherConfig, read_checkpoint, save_teacher
+from edge.features import window_samples
 from edge.errors import AvemoError
 from edge.settings import LABELS, OTHER_LABELS
 

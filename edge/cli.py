@@ -139,15 +139,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from edge.bundle import load_bundle
     from edge.evaluate import evaluate
     from edge.metrics import format_report, plot_confusion
-    from edge.pipeline import Model
     from edge.profiles import load_profile
-    profile = load_profile(args.profile)
-    model = Model(load_bundle(args.model), args.backend, profile.runtime.backends, profile.device.threads)
-    report = evaluate(model, args.data, detect=args.detect, limit=args.limit)
+    report = evaluate(args.model, args.data, load_profile(args.profile), args.backend, detect=args.detect,
+                      limit=args.limit)
     print(format_report(report))
+    if report["no_answer"]:
+        print(f"no answer for {report['no_answer']} items (no voiced hop / no face found)")
     mapping = report["label_mapping"]
     if mapping["mapped"] or mapping["left_out"] or mapping["predictions_mapped"]:
         print(f"label mapping: {json.dumps(mapping)}")

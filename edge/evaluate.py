@@ -7,9 +7,14 @@ Out: `classification_report` (edge/metrics.py) plus `label_mapping`: how truth l
      model does not know were mapped (calm -> neutral) or left out (EmoDB's boredom), with
      counts. Nothing is dropped silently.
 
-Audio items are scored on the whole utterance (the student pools over time); image items
-are resized to the face input and standardized like live crops, or run through the face
-detector first with `detect=True` (for photos that are not tight face crops).
+An audio file is answered the way `avemo-edge run --audio FILE` answers it (`AudioReplay`):
+the same replay loop (edge.stream.replay_steps: a hop every hop_s, the bundle's window ending
+at each hop, the voicing gate), and the item's answer is the mean of the audio probabilities
+over its voiced hops; a file with no voiced hop gets no answer and counts as an error
+(column "none" of the confusion matrix). Image items are resized to the face input and
+standardized like live crops, or run through the face detector first with `detect=True`
+(for photos that are not tight face crops). `report["items"]` lists every item: path, truth,
+predicted label (None: no answer) and probabilities.
 """
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ from edge.errors import MediaError
 from edge.labels_csv import LABELS_CSV, media_kind, read_labels
 from edge.metrics import classification_report
 from edge.settings import AUDIO, LABEL_ALIASES, LABELS
+
+NO_ANSWER = "none"
+"""Confusion-matrix column of the items the model gave no answer for (no voiced hop)."""
 
 
 @dataclass(frozen=True)
@@ -72,15 +80,18 @@ def _ordered(labels: set[str]) -> list[str]:
     return sorted(labels, key=lambda x: (LABELS.index(x) if x in LABELS else len(LABELS), x))
 
 
-def score(truth: list[str], predictions: list[str], model_labels: tuple[str, ...]) -> dict:
-    """Report over the rows whose truth maps onto the model's labels, with the mapping."""
+def score(truth: list[str], predictions: list[str | None], model_labels: tuple[str, ...]) -> dict:
+    """Report over the rows whose truth maps onto the model's labels, with the mapping. A None
+    prediction (no answer) is an error, counted in the NO_ANSWER column."""
     truth_map, pred_map = label_mapping(truth, model_labels)
-    kept = [(truth_map[t], pred_map[p]) for t, p in zip(truth, predictions) if truth_map[t]]
+    kept = [(truth_map[t], pred_map[p] if p is not None else NO_ANSWER)
+            for t, p in zip(truth, predictions) if truth_map[t]]
     if not kept:
         raise MediaError(f"none of the data's labels {sorted(set(truth))} is known to the model "
                          f"(it knows {list(model_labels)})")
     y_true, y_pred = zip(*kept)
-    report = classification_report(y_true, y_pred, _ordered(set(y_true) | set(y_pred)))
+    columns = _ordered(set(y_true) | set(y_pred) - {NO_ANSWER}) + ([NO_ANSWER] if NO_ANSWER in y_pred else [])
+    report = classification_report(y_true, y_pred, columns)
     left_out = {t: truth.count(t) for t, m in truth_map.items() if m is None}
     report["label_mapping"] = {"mapped": {t: m for t, m in truth_map.items() if m and m != t},
                                "left_out": left_out,
@@ -107,31 +118,73 @@ class FaceInputs:
         return self.cropper.standardize(self.cv2.resize(gray, (size, size), interpolation=self.cv2.INTER_AREA))
 
 
-def audio_input(path: Path) -> np.ndarray:
-    from edge.audio import read_audio
-    wave = read_audio(path)
-    n = len(wave) // AUDIO.hop * AUDIO.hop
-    if n < 2 * AUDIO.hop:
-        raise MediaError(f"{path}: too short ({len(wave)} samples at {AUDIO.sample_rate} Hz)")
-    return wave[None, :n]
+class FaceScorer:
+    """Image path -> the face model's probabilities (None when `detect` finds no face)."""
+
+    def __init__(self, model, detect: bool) -> None:
+        self.model, self.inputs = model, FaceInputs(model.bundle.face, detect)
+
+    def __call__(self, path: Path) -> np.ndarray | None:
+        x = self.inputs(path)
+        return None if x is None else self.model(x).copy()
 
 
-def evaluate(model, folder: str | Path, detect: bool = False, limit: int | None = None) -> dict:
-    """Score `model` (an `edge.pipeline.Model`) on a data folder; see module docstring."""
-    modality = model.bundle.modality
-    rows = read_labels_csv(folder, modality)[:limit]
-    make_input = audio_input if modality == "audio" else FaceInputs(model.bundle.face, detect)
-    truth, predictions, missed = [], [], 0
+class AudioReplay:
+    """Audio path or waveform -> mean probabilities over the voiced hops of its replay (module
+    docstring), or None when no hop is voiced. `pipeline` is an audio-only edge Pipeline."""
+
+    def __init__(self, pipeline) -> None:
+        self.pipeline, self.model = pipeline, pipeline.audio
+        self.hops = self.voiced = 0
+
+    def __call__(self, path_or_wave: Path | np.ndarray) -> np.ndarray | None:
+        from edge.audio import read_audio
+        from edge.ring import AudioRing
+        from edge.stream import replay_steps
+        wave = read_audio(path_or_wave) if isinstance(path_or_wave, (str, Path)) else path_or_wave
+        ring = AudioRing(int(self.pipeline.profile.audio.ring_s * AUDIO.sample_rate))
+        total, self.hops, self.voiced = np.zeros(len(self.model.labels)), 0, 0
+        for result in replay_steps(self.pipeline, ring, wave, len(wave) / AUDIO.sample_rate):
+            self.hops += 1
+            if result.audio["voiced"]:
+                total += self.model.probs
+                self.voiced += 1
+        return total / self.voiced if self.voiced else None
+
+
+def scorer(model_name: str | Path, modality: str, profile, backend: str = "auto", detect: bool = False,
+           hop_s: float | None = None):
+    """The scorer `avemo-edge eval` uses for a bundle: AudioReplay or FaceScorer."""
+    from edge.pipeline import Model, Pipeline
+    if modality == "audio":
+        return AudioReplay(Pipeline(profile, audio_model=str(model_name), face_model=None, backend=backend,
+                                    hop_s=hop_s))
+    from edge.bundle import load_bundle
+    model = Model(load_bundle(model_name), backend, profile.runtime.backends, profile.device.threads)
+    return FaceScorer(model, detect)
+
+
+def evaluate_rows(score_item, labels: tuple[str, ...], rows: list[Row]) -> dict:
+    """Score every row with `score_item` (path -> probabilities or None); report + items."""
+    items = []
     for row in rows:
-        x = make_input(row.path)
-        if x is None:
-            missed += 1
-            continue
-        probs = model(x)
-        truth.append(row.label)
-        predictions.append(model.labels[int(np.argmax(probs))])
-    report = score(truth, predictions, model.labels)
-    report["model"] = model.bundle.name
+        probs = score_item(row.path)
+        predicted = None if probs is None else labels[int(np.argmax(probs))]
+        items.append({"path": str(row.path), "speaker": row.speaker, "truth": row.label, "predicted": predicted,
+                      "probs": None if probs is None else {k: round(float(p), 4) for k, p in zip(labels, probs)}})
+    report = score([it["truth"] for it in items], [it["predicted"] for it in items], labels)
+    report["no_answer"] = sum(it["predicted"] is None for it in items)
+    report["items"] = items
+    return report
+
+
+def evaluate(model_name: str | Path, folder: str | Path, profile, backend: str = "auto", detect: bool = False,
+             limit: int | None = None) -> dict:
+    """Score the bundle `model_name` on a data folder; see module docstring."""
+    from edge.bundle import load_bundle
+    bundle = load_bundle(model_name)
+    rows = read_labels_csv(folder, bundle.modality)[:limit]
+    report = evaluate_rows(scorer(model_name, bundle.modality, profile, backend, detect), bundle.labels, rows)
+    report["model"] = bundle.name
     report["data"] = str(folder)
-    report["no_face_found"] = missed
     return report

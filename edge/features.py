@@ -39,6 +39,12 @@ def hann_window(n: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
 
 
+def window_samples(seconds: float, fe: AudioFrontEnd = AUDIO) -> int:
+    """Samples in a window of `seconds`, a whole number of hops (the one rounding used by
+    training crops, the runtime window and the scorer)."""
+    return int(round(seconds * fe.sample_rate)) // fe.hop * fe.hop
+
+
 def n_frames(n_samples: int, fe: AudioFrontEnd = AUDIO) -> int:
     return max(0, n_samples // fe.hop - 1)
 

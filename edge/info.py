@@ -60,7 +60,7 @@ def gather(profile_name: str) -> dict:
         "backends_installed": installed_backends(),
         "profile": {"name": profile.name, "device": profile.device.name,
                     "backend_order": list(profile.runtime.backends), "threads": profile.device.threads,
-                    "window_s": profile.audio.window_s, "hop_s": profile.audio.hop_s},
+                    "hop_s": profile.audio.hop_s},
         "profiles_available": available_profiles(),
         "models": _models(),
         "audio_input_devices": _devices("audio"),

@@ -19,7 +19,7 @@ from edge.backends import open_session
 from edge.bundle import Bundle, load_bundle
 from edge.errors import ConfigError
 from edge.face import FaceStage
-from edge.features import VoiceGate
+from edge.features import VoiceGate, window_samples
 from edge.fusion import CommonSpace, Fusion
 from edge.profiles import Profile
 from edge.ring import AudioRing, FrameRing
@@ -142,8 +142,12 @@ class Pipeline:
         self.latency: dict[str, float] = {}
 
     def _setup_audio(self) -> None:
-        window_s = self.profile.audio.window_s
-        self.window = np.zeros((1, int(round(window_s * AUDIO.sample_rate)) // AUDIO.hop * AUDIO.hop), np.float32)
+        """The window the audio bundle was trained on (its manifest's input.window_s)."""
+        window_s = self.audio.bundle.window_s if self.audio else 1.0
+        if window_s >= self.profile.audio.ring_s:
+            raise ConfigError(f"profile {self.profile.name}: audio.ring_s = {self.profile.audio.ring_s} s cannot hold "
+                              f"the audio model's {window_s} s window; set ring_s > {window_s}")
+        self.window = np.zeros((1, window_samples(window_s)), np.float32)
         self.gate = VoiceGate(self.window.shape[1], threshold_dbfs=self.profile.audio.vad_dbfs)
         self.min_samples = int(MIN_AUDIO_S * AUDIO.sample_rate)
 

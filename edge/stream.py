@@ -122,30 +122,15 @@ class Stream:
     def __iter__(self) -> Iterator[Result]:
         return self._replay_hops() if self.replay is not None else self._live_hops()
 
-    def _hop_times(self, end: float | None) -> Iterator[float]:
-        hop, k = self.pipeline.hop_s, 1
-        while end is None or k * hop <= end + 1e-9:
-            yield k * hop
-            k += 1
-
     def _replay_hops(self) -> Iterator[Result]:
-        wave, video = self.replay.wave, self.replay.video
         end = min(self.replay.seconds, self.duration or float("inf"))
-        pushed, begin = 0, time.monotonic()
-        for t in self._hop_times(end):
-            if wave is not None:
-                upto = min(len(wave), int(round(t * AUDIO.sample_rate)))
-                self.audio_ring.write(wave[pushed:upto])
-                pushed = upto
-            if video is not None and video.frame_at(t, self.pipeline.frame):
-                self.frame_ring.write(self.pipeline.frame, t)
-            if self.realtime:
-                time.sleep(max(0.0, begin + t - time.monotonic()))
-            yield self._finish(self.pipeline.step(t, self.audio_ring, self.frame_ring))
+        for result in replay_steps(self.pipeline, self.audio_ring, self.replay.wave, end,
+                                   self.frame_ring, self.replay.video, self.realtime):
+            yield self._finish(result)
 
     def _live_hops(self) -> Iterator[Result]:
         begin = time.monotonic()
-        for due in self._hop_times(self.duration):
+        for due in hop_times(self.pipeline.hop_s, self.duration):
             time.sleep(max(0.0, begin + due - time.monotonic()))
             now = time.monotonic()
             yield self._finish(self.pipeline.step(self._live_time(now - begin), self.audio_ring,
@@ -180,6 +165,32 @@ class Stream:
         if self.frame_ring is not None:
             out["frames_dropped"] = self.frame_ring.dropped
         return out
+
+
+def hop_times(hop: float, end: float | None) -> Iterator[float]:
+    """hop, 2 hop, ... up to `end` seconds (for ever when None)."""
+    k = 1
+    while end is None or k * hop <= end + 1e-9:
+        yield k * hop
+        k += 1
+
+
+def replay_steps(pipeline: Pipeline, audio_ring: AudioRing | None, wave: np.ndarray | None, end: float,
+                 frame_ring: FrameRing | None = None, video=None, realtime: bool = False) -> Iterator[Result]:
+    """The hops of a replay: at each hop time t, the audio up to t is in the ring (and the video
+    frame at t in the frame ring), then `pipeline.step(t)`. `run --audio/--video` and
+    `avemo-edge eval` both answer a recording with this loop."""
+    pushed, begin = 0, time.monotonic()
+    for t in hop_times(pipeline.hop_s, end):
+        if wave is not None:
+            upto = min(len(wave), int(round(t * AUDIO.sample_rate)))
+            audio_ring.write(wave[pushed:upto])
+            pushed = upto
+        if video is not None and video.frame_at(t, pipeline.frame):
+            frame_ring.write(pipeline.frame, t)
+        if realtime:
+            time.sleep(max(0.0, begin + t - time.monotonic()))
+        yield pipeline.step(t, audio_ring, frame_ring)
 
 
 def open(**kwargs) -> Stream:  # noqa: A001 - `edge.open(...)` reads like the built-in on purpose

@@ -4,9 +4,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import distill.distillation as distillation  # noqa: E402
 from distill.distillation import (Arrays, FitConfig, audio_batch, audio_windows, augment_audio,  # noqa: E402
-                                  class_weights, face_batch, fit, predict, standardize_faces, student_loss,
-                                  window_samples)
+                                  class_weights, crop_samples, face_batch, fit, predict, standardize_faces,
+                                  student_loss)
 from distill.models.students import AudioStudent, FaceStudent  # noqa: E402
 from edge.settings import AUDIO, FACE  # noqa: E402
 
@@ -26,32 +27,34 @@ def tone_corpus(n: int, seed: int) -> Arrays:
 
 
 def test_audio_windows_cover_the_utterance():
-    n = window_samples()
-    assert n == 32000
-    wave = np.arange(50000, dtype=np.float32)
-    w = audio_windows(wave, 50000)
-    assert w.shape[1] == n and w[0, 0] == 0 and w[-1, -1] == 49999
+    n = crop_samples()
+    assert n == 48000
+    wave = np.arange(60000, dtype=np.float32)
+    w = audio_windows(wave, 60000)
+    assert w.shape[1] == n and w[0, 0] == 0 and w[-1, -1] == 59999
     short = audio_windows(wave, 1000)
     assert short.shape == (1, n) and short[0, 999] == 999 and not short[0, 1000:].any()
 
 
 def test_audio_batch_shapes_and_range():
     data = tone_corpus(6, 0)
-    batch = audio_batch(data, np.arange(6), np.random.default_rng(0))
-    assert batch.shape == (6, window_samples())
+    batch = audio_batch(data, np.arange(6), np.random.default_rng(0), FitConfig(speed=0.1))
+    assert batch.shape == (6, crop_samples())
     assert float(batch.abs().max()) <= 1.0 and float(batch.std()) > 0
 
 
 def test_augment_audio_changes_the_signal_but_not_its_shape():
     wave = torch.from_numpy(tone_corpus(4, 1).x[:, :16000])
-    out = augment_audio(wave, np.random.default_rng(3))
+    out = augment_audio(wave, np.random.default_rng(3), FitConfig(noise_p=1.0, snr_db=(10.0, 10.0), gain_db=0.0))
     assert out.shape == wave.shape and not torch.allclose(out, wave)
+    snr = 10 * torch.log10(wave.pow(2).mean(1) / (out - wave).pow(2).mean(1))
+    assert torch.allclose(snr, torch.full((4,), 10.0), atol=0.2)   # noise at the asked SNR, before the clamp
 
 
 def test_face_batch_is_standardized_per_crop():
     rng = np.random.default_rng(0)
     faces = Arrays(x=rng.uniform(0, 255, (5, 1, FACE.size, FACE.size)).astype(np.float32), y=np.zeros(5, np.int64))
-    batch = face_batch(faces, np.arange(5), rng)
+    batch = face_batch(faces, np.arange(5), rng, FitConfig())
     assert batch.shape == (5, 1, FACE.size, FACE.size)
     assert torch.allclose(batch.mean(dim=(1, 2, 3)), torch.zeros(5), atol=1e-3)
     flat = standardize_faces(torch.full((1, 1, 4, 4), 100.0))
@@ -106,3 +109,25 @@ def test_tiny_face_fit_with_teacher_targets_runs():
     model = FaceStudent(n_labels=2, blocks=((1, 8, 1, 1), (2, 16, 1, 2)), stem=8, head=32)
     model, history = fit(model, data, Arrays(x=x, y=y), LABELS, FitConfig(epochs=2, batch=8), log=lambda s: None)
     assert len(history) == 2 and np.isfinite(history[-1]["loss"])
+
+
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Stop after one epoch (checkpoint each epoch), run the same call again: the result equals
+    an uninterrupted run bit for bit (model, optimizer, schedule and both RNGs were saved)."""
+    torch.set_num_threads(1)
+    monkeypatch.setattr(distillation, "CHECKPOINT_S", 0.0)
+    train = tone_corpus(16, 3)
+    cfg = FitConfig(epochs=3, batch=8, seed=1)
+
+    def run(cfg: FitConfig, checkpoint=None):
+        torch.manual_seed(5)
+        return fit(AudioStudent(n_labels=2, channels=(8, 16)), train, None, LABELS, cfg, lambda s: None, checkpoint)
+
+    whole, _ = run(cfg)
+    ckpt = tmp_path / "run.ckpt"
+    _, first = run(FitConfig(**{**cfg.__dict__, "max_minutes": -1.0}), ckpt)
+    assert len(first) == 1 and ckpt.is_file()
+    resumed, history = run(cfg, ckpt)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

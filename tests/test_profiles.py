@@ -49,7 +49,7 @@ def test_profile_from_a_path(tmp_path):
     ("threads = 1", "thread = 1", r"unknown keys \['thread'\], missing keys \['threads'\]"),
     ("threads = 1", 'threads = "one"', "device.threads: expected int"),
     ('scheme = "int8"', 'scheme = "int4"', "quantization.scheme must be"),
-    ("hop_s = 0.5", "hop_s = 5.0", "audio.hop_s <= audio.window_s"),
+    ("hop_s = 0.5", "hop_s = 5.0", "audio.hop_s < audio.ring_s"),
     ("[budget]", "[budgets]", r"unknown sections \['budgets'\]"),
     ("[budget]", "[budget", "not a readable TOML profile"),
 ])

@@ -12,7 +12,7 @@ from onnx import numpy_helper  # noqa: E402
 
 from distill.export import export_onnx  # noqa: E402
 from distill.models.students import AudioStudent, FaceStudent, fold_batchnorm  # noqa: E402
-from distill.quantize import QuantScheme, float_nodes, load_scheme, make_bundle  # noqa: E402
+from distill.quantize import float_nodes, load_scheme, make_bundle  # noqa: E402
 from edge.backends import installed_backends, open_session  # noqa: E402
 from edge.bundle import load_bundle  # noqa: E402
 from edge.errors import ConfigError  # noqa: E402

@@ -133,12 +133,11 @@ def _eval(model: str, data: Path, backend: str, tmp: Path) -> dict:
 def _items(model: str, data: Path, backend: str) -> list[dict]:
     """Probabilities of every eval row, from the very inputs `avemo-edge eval` builds."""
     from edge.bundle import load_bundle
-    from edge.evaluate import FaceInputs, audio_input, read_labels_csv
-    from edge.pipeline import Model
+    from edge.evaluate import read_labels_csv, scorer
+    from edge.profiles import load_profile
     bundle = load_bundle(model)
-    net = Model(bundle, backend, (backend,), 1)
-    make_input = audio_input if bundle.modality == "audio" else FaceInputs(bundle.face, detect=False)
-    return [{"path": row.path.name, "probs": net(make_input(row.path)).tolist()}
+    score_item = scorer(model, bundle.modality, load_profile("x86"), backend)
+    return [{"path": row.path.name, "probs": None if (p := score_item(row.path)) is None else p.tolist()}
             for row in read_labels_csv(data, bundle.modality)]
 
 

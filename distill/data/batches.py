@@ -16,7 +16,6 @@ import torch
 
 from distill.data.cache import load_face_clips, load_waveforms
 from distill.data.items import Item
-from edge.settings import AUDIO
 
 Unit = tuple[int | None, int | None]
 """One training row: (index of its audio item, index of its face item) in a TeacherData."""
@@ -54,11 +53,6 @@ def crop(wave: np.ndarray, n: int, rng: np.random.Generator | None) -> np.ndarra
         return np.pad(wave, (0, n - len(wave)))
     start = int(rng.integers(0, len(wave) - n + 1)) if rng is not None else (len(wave) - n) // 2
     return wave[start:start + n]
-
-
-def window_samples(seconds: float) -> int:
-    """Samples in a window of `seconds`, a whole number of hops."""
-    return int(round(seconds * AUDIO.sample_rate)) // AUDIO.hop * AUDIO.hop
 
 
 def collate(data: TeacherData, units: Sequence[Unit], n: int, rng: np.random.Generator | None) -> dict:

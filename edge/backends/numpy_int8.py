@@ -748,7 +748,7 @@ _OPS: dict[str, Callable[[_Node, _Ctx], Step | None]] = {
     "Pow": _binary(_pow), "Cast": _op_cast,
     "GlobalAveragePool": _op_global_average_pool,
     "AveragePool": _op_pool(np.add, 0.0), "MaxPool": _op_pool(np.maximum, -np.inf),
-    "ReduceMean": _op_reduce(np.mean), "ReduceSum": _op_reduce(np.sum),
+    "ReduceMean": _op_reduce(np.mean), "ReduceMax": _op_reduce(np.max), "ReduceSum": _op_reduce(np.sum),
     "Reshape": _op_reshape, "Flatten": _op_flatten, "Squeeze": _axes_op(_squeeze),
     "Unsqueeze": _axes_op(_unsqueeze), "Transpose": _op_transpose, "Concat": _op_concat,
     "Slice": _op_slice, "Pad": _op_pad, "Identity": _op_identity, "Shape": _op_shape, "Gather": _op_gather,

@@ -41,7 +41,6 @@ class Quantization:
 
 @dataclass(frozen=True)
 class Audio:
-    window_s: float
     hop_s: float
     ring_s: float
     vad_dbfs: float
@@ -117,8 +116,8 @@ def _section(cls: type, table: Any, where: str) -> Any:
 def _check(profile: Profile, where: str) -> Profile:
     if profile.quantization.scheme not in ("int8", "fp16"):
         raise ConfigError(f"{where}: quantization.scheme must be 'int8' or 'fp16', got {profile.quantization.scheme!r}")
-    if not 0 < profile.audio.hop_s <= profile.audio.window_s < profile.audio.ring_s:
-        raise ConfigError(f"{where}: need 0 < audio.hop_s <= audio.window_s < audio.ring_s")
+    if not 0 < profile.audio.hop_s < profile.audio.ring_s:
+        raise ConfigError(f"{where}: need 0 < audio.hop_s < audio.ring_s")
     if profile.video.fps_cap <= 0 or profile.video.detect_every < 1 or profile.video.ring_frames < 2:
         raise ConfigError(f"{where}: need video.fps_cap > 0, video.detect_every >= 1, video.ring_frames >= 2")
     if profile.device.threads < 1:
