@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 cv2 = pytest.importorskip("cv2")
@@ -68,6 +69,21 @@ def test_audio_file_only(bundles):
     lines = json_lines(p.stdout)
     assert lines and all(r["face"] is None for r in lines)
     assert any(r["audio"]["voiced"] and r["fused"] for r in lines)
+
+
+def test_noise_file_gets_no_audio_label(bundles, tmp_path):
+    """White noise at full scale, pink, mains hum at 50 and 100 Hz and a wobbling fan, back to
+    back: loud on every hop, voiced and labelled on none."""
+    from media import noise, write_wav
+    parts = [noise(kind, 3.0, dbfs, seed=i) for i, (kind, dbfs) in enumerate(
+        [("white", 0), ("pink", -20), ("hum50", -10), ("hum100", -30), ("fan", -10)])]
+    p = run("run", "--audio", write_wav(tmp_path / "noise.wav", np.concatenate(parts), 16000),
+            *models(bundles))
+    assert p.returncode == 0, p.stderr
+    audio = [r["audio"] for r in json_lines(p.stdout)]
+    assert len(audio) == 30 and all(a["level_dbfs"] > -45 for a in audio)
+    assert [(a["voiced"], a["label"], a["probs"]) for a in audio] == [(False, None, None)] * 30
+    assert "no emotion" in p.stderr
 
 
 def test_duration_and_pretty(bundles, speech_video):
