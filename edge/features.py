@@ -70,19 +70,27 @@ class GateParams:
 
     frame_hops: int = 4
     """Analysis frame, in front-end hops (4 x 10 ms = 40 ms: three periods of 75 Hz)."""
+    step_hops: int = 2
+    """Frame step, in front-end hops (20 ms: frames overlap by half)."""
     pitch_hz: tuple[float, float] = (75.0, 400.0)
     """Pitch range searched by the autocorrelation (lags sample_rate / 400 .. / 75)."""
     max_hz: float = 1000.0
     """Band the autocorrelation sees (power spectrum cut above): voiced speech's strongest
     harmonics are below it, while broadband noise (and fricatives) would dilute the peak."""
-    periodicity: float = 0.7
+    periodicity: float = 0.6
     """Normalized autocorrelation peak above which a loud frame is periodic (voiced)."""
     pitch_jump: float = 0.15
     """Largest relative pitch-lag change between two adjacent voiced frames of one voice."""
-    min_voiced_pairs: int = 2
-    """Adjacent voiced-frame pairs with a continuous pitch a window needs (noise: at most 1)."""
+    min_voiced_pairs: int = 4
+    """Adjacent voiced-frame pairs with a continuous pitch a window needs (the synthetic noises
+    reach 2 at most)."""
     min_modulation_db: float = 1.0
-    """Least standard deviation (dB) of the voiced frames' levels: a hum is periodic but flat."""
+    """Least standard deviation (dB) of the levels of the frames in voiced pairs: a hum is
+    periodic but flat (syllables move a voice's level)."""
+
+    def __post_init__(self) -> None:
+        if self.frame_hops % self.step_hops:
+            raise ValueError(f"GateParams: frame_hops {self.frame_hops} is not a multiple of step_hops {self.step_hops}")
 
 
 GATE = GateParams()
@@ -91,14 +99,16 @@ GATE = GateParams()
 class VoiceGate:
     """Voicing gate over the latest window: is someone speaking, not just is it loud.
 
-    A 40 ms frame is voiced when it is louder than `threshold_dbfs` and periodic: its
-    normalized autocorrelation (Hann window, divided by the window's own autocorrelation, as
-    Boersma's pitch tracker does) peaks above `periodicity` at a lag inside the pitch range.
+    A 40 ms frame (one every 20 ms) is voiced when it is louder than `threshold_dbfs` and
+    periodic: the normalized autocorrelation of its band below `max_hz` (Hann window, divided
+    by the window's own autocorrelation, as Boersma's pitch tracker does) peaks above
+    `periodicity` at a lag inside the pitch range, not on the range's edge.
     The window is voiced when at least `min_voiced_pairs` pairs of adjacent frames are voiced
     with a continuous pitch (noise makes isolated periodic-looking frames, a voice makes runs)
-    and the voiced frames' levels vary by `min_modulation_db` (syllables; a hum is flat).
+    and those frames' levels vary by `min_modulation_db` (syllables; a hum is flat).
     The thresholds (`GateParams`) and what they reject are measured in docs/voicing-gate.md.
-    `level_dbfs` is the loudest 10 ms hop's mean-square level. Every buffer is allocated here:
+    `level_dbfs` is the loudest 10 ms hop's mean-square level, `pairs` the count of voiced
+    pairs (how close a rejected window came). Every buffer is allocated here:
     `voiced` allocates nothing and does not write to the caller's window.
     """
 
@@ -108,6 +118,8 @@ class VoiceGate:
         self.n_hops = window_samples // fe.hop
         self.threshold = float(10.0 ** (threshold_dbfs / 10.0))  # mean-square power
         self.level_dbfs = -120.0
+        self.pairs = 0
+        """Voiced pairs in the last window (0 when it was quiet): how close it came."""
         self._sq = np.empty((self.n_hops, fe.hop), np.float32)
         self._power = np.empty(self.n_hops, np.float32)
         self._setup_frames(fe)
@@ -115,7 +127,7 @@ class VoiceGate:
     def _setup_frames(self, fe: AudioFrontEnd) -> None:
         p = self.params
         self.frame = p.frame_hops * fe.hop
-        self.n_frames = self.n_hops // p.frame_hops
+        self.n_frames = (self.n_hops - p.frame_hops) // p.step_hops + 1
         self.min_lag = int(fe.sample_rate / p.pitch_hz[1])
         self.max_lag = int(np.ceil(fe.sample_rate / p.pitch_hz[0]))
         n_fft = 1 << int(np.ceil(np.log2(self.frame + self.max_lag + 1)))  # linear, not circular
@@ -136,7 +148,7 @@ class VoiceGate:
         self._lag, self._dlag = np.empty(f, np.intp), np.empty(f - 1, np.intp)
         self._reach = np.empty(f - 1)
         self._loud, self._periodic = np.empty(f, bool), np.empty(f, bool)
-        self._pairs, self._ok = np.empty(f - 1, bool), np.empty(f, bool)
+        self._pairs, self._ok, self._paired = np.empty(f - 1, bool), np.empty(f, bool), np.empty(f, bool)
 
     def voiced(self, window: np.ndarray) -> bool:
         """True when `window` (float32 [n] at 16 kHz, read only) holds voiced speech."""
@@ -144,29 +156,34 @@ class VoiceGate:
         np.multiply(hops, hops, out=self._sq)
         np.mean(self._sq, axis=1, out=self._power)
         self.level_dbfs = float(10.0 * np.log10(float(self._power.max()) + 1e-12))
+        self.pairs = 0
         if self.n_frames < 2 or float(self._power.max()) <= self.threshold:
             return False
-        self._frame_levels()
         self._periodicity(window)
-        return self._voiced_pairs() >= self.params.min_voiced_pairs and \
-            self._modulation_db() >= self.params.min_modulation_db
+        self.pairs = self._voiced_pairs()
+        return self.pairs >= self.params.min_voiced_pairs and self._modulation_db() >= self.params.min_modulation_db
 
-    def _frame_levels(self) -> None:
-        """Mean-square level of each frame (the window's last n_frames * frame samples)."""
-        used = self._power[self.n_hops - self.n_frames * self.params.frame_hops:]
-        np.mean(used.reshape(self.n_frames, self.params.frame_hops), axis=1, out=self._level)
-        np.greater(self._level, self.threshold, out=self._loud)
-
-    def _periodicity(self, window: np.ndarray) -> None:
-        """Peak normalized autocorrelation in the pitch-lag range, and its lag, per frame."""
-        end = self.n_hops * self.hop
+    def _load_frames(self, window: np.ndarray) -> None:
+        """Frames of the window's end into `_frames`, their levels, mean removed, Hann-windowed."""
+        end, step = self.n_hops * self.hop, self.params.step_hops * self.hop
+        start = end - (self.n_frames - 1) * step - self.frame
         x = self._frames  # contiguous: ufuncs on a strided view would buffer (allocate)
-        np.copyto(x, window[end - self.n_frames * self.frame: end].reshape(self.n_frames, self.frame))
+        steps = window[start:end].reshape(-1, step)  # a frame is frame_hops / step_hops steps
+        for j in range(self.frame // step):
+            np.copyto(x[:, j * step:(j + 1) * step], steps[j:j + self.n_frames])
+        np.multiply(x, x, out=self._means)
+        np.mean(self._means, axis=1, out=self._level)
+        np.greater(self._level, self.threshold, out=self._loud)
         np.mean(x, axis=1, out=self._mean)
         np.copyto(self._means, self._mean[:, None])  # ufuncs buffer (allocate) to broadcast
         np.subtract(x, self._means, out=x)
         np.multiply(x, self._hann, out=x)
-        np.copyto(self._x[:, : self.frame], x)
+
+    def _periodicity(self, window: np.ndarray) -> None:
+        """Peak normalized autocorrelation of each frame below `max_hz` in the pitch-lag range
+        (`_peak`), and its lag index (`_lag`, 0 = `min_lag`)."""
+        self._load_frames(window)
+        np.copyto(self._x[:, : self.frame], self._frames)
         np.fft.rfft(self._x, axis=1, out=self._spec)
         np.conjugate(self._spec, out=self._conj)
         np.multiply(self._spec, self._conj, out=self._spec)  # power spectrum (imaginary part 0)
@@ -199,15 +216,19 @@ class VoiceGate:
         return int(np.count_nonzero(self._pairs))
 
     def _modulation_db(self) -> float:
-        """Standard deviation (dB) of the voiced frames' levels."""
-        n = int(np.count_nonzero(self._periodic))
+        """Standard deviation (dB) of the levels of the frames in voiced pairs."""
+        paired = self._paired  # not every voiced frame: one where a louder noise starts over a hum is unpaired
+        paired[-1] = False
+        np.copyto(paired[:-1], self._pairs)
+        np.logical_or(paired[1:], self._pairs, out=paired[1:])
+        n = int(np.count_nonzero(paired))
         if n < 2:
             return 0.0
         db = self._db
         np.add(self._level, 1e-12, out=db)
         np.log10(db, out=db)
         np.multiply(db, 10.0, out=db)
-        mean = float(np.sum(db, where=self._periodic)) / n
+        mean = float(np.sum(db, where=paired)) / n
         np.subtract(db, mean, out=db)
         np.square(db, out=db)
-        return float(np.sqrt(float(np.sum(db, where=self._periodic)) / n))
+        return float(np.sqrt(float(np.sum(db, where=paired)) / n))

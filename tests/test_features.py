@@ -65,16 +65,16 @@ def test_demo_speech_passes_clean_and_in_noise():
 
 
 def test_real_speech_passes_clean_and_in_noise():
-    """RAVDESS (2 clips of each of 20 actors) and the CREMA-D fixture: measured 0.966 / 0.940 /
-    0.932 (RAVDESS actors 11-20) and 0.784 / 0.784 / 0.757 (CREMA-D), docs/voicing-gate.md."""
+    """40 RAVDESS clips across the 20 actors and the CREMA-D fixture, clean and at 10 dB SNR:
+    measured 0.976 and 0.918 in all three conditions (held-out figures: docs/voicing-gate.md)."""
     import csv
     ravdess, cremad = shared_data("ravdess_speech"), SHARED_DATA / "cremad_fixture" / "wav16k"
     rows = list(csv.DictReader(open(ravdess / "labels.csv")))
     clips = [read_audio(ravdess / row["path"]) for row in rows[::len(rows) // 40]]
     rates = pass_rates(VoiceGate(WINDOW).voiced, clips)
-    assert rates["clean"] >= 0.93 and min(rates.values()) >= 0.88, rates
+    assert min(rates.values()) >= 0.95, rates
     crema = pass_rates(VoiceGate(WINDOW).voiced, [read_audio(p) for p in sorted(cremad.glob("*.wav"))])
-    assert min(crema.values()) >= 0.7, crema
+    assert min(crema.values()) >= 0.85, crema
 
 
 def test_speech_level_and_voicing():
@@ -101,4 +101,4 @@ def test_voice_gate_is_cheap():
         start = time.perf_counter()
         gate.voiced(x)
         times.append(time.perf_counter() - start)
-    assert np.median(times) < 2e-3  # measured 0.24 ms on the 2-core x86 dev machine
+    assert np.median(times) < 2e-3  # measured 0.47 ms on the 2-core x86 dev machine
