@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import MediaError
+from edge.errors import MediaError, in_range
 from edge.labels_csv import LABELS_CSV, media_kind, read_labels
 from edge.metrics import classification_report
 from edge.settings import AUDIO, LABEL_ALIASES, LABELS
@@ -119,6 +119,8 @@ def audio_input(path: Path) -> np.ndarray:
 def evaluate(model, folder: str | Path, detect: bool = False, limit: int | None = None) -> dict:
     """Score `model` (an `edge.pipeline.Model`) on a data folder; see module docstring."""
     modality = model.bundle.modality
+    if limit is not None:
+        in_range("limit (--limit)", limit, 1, 10**9, whole=True)
     rows = read_labels_csv(folder, modality)[:limit]
     make_input = audio_input if modality == "audio" else FaceInputs(model.bundle.face, detect)
     truth, predictions, missed = [], [], 0

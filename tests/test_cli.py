@@ -114,6 +114,42 @@ def test_bad_input_is_one_line_and_exit_2(args, message, bundles):
     assert len(err) == 1 and err[0].startswith("avemo-edge: error:") and message in err[0], p.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["run", "--hop", "nan"], "hop (--hop) must be a number of seconds from 0.01 to 60, got nan"),
+    (["run", "--hop", "inf"], "from 0.01 to 60, got inf"),
+    (["run", "--hop=-inf"], "from 0.01 to 60, got -inf"),
+    (["run", "--hop", "0"], "from 0.01 to 60, got 0.0"),
+    (["run", "--hop", "61"], "from 0.01 to 60, got 61.0"),
+    (["run", "--duration", "-5"], "duration (--duration) must be a number of seconds (one hop at least) "
+                                  "from 0.5 to 31536000, got -5.0"),
+    (["run", "--duration", "nan"], "from 0.5 to 31536000, got nan"),
+    (["run", "--duration", "inf"], "from 0.5 to 31536000, got inf"),
+    (["run", "--duration", "0.2", "--hop", "0.25"], "from 0.25 to 31536000, got 0.2"),
+    (["run", "--hop", "abc"], "argument --hop: invalid float value: 'abc'"),
+    (["run", "--camera", "-1"], "camera (--camera) index must be a whole number from 0 to 255, got -1"),
+    (["run", "--mic", "-3"], "mic (--mic) index must be a whole number from 0 to 255, got -3"),
+    (["run", "--mic", "999", "--camera", "0"], "mic (--mic) index must be a whole number from 0 to 255, got 999"),
+    (["eval", "--limit", "0"], "limit (--limit) must be a whole number from 1 to 1000000000, got 0"),
+    (["eval", "--limit", "-3"], "got -3"),
+    (["eval", "--limit", "nan"], "argument --limit: invalid int value: 'nan'"),
+])
+def test_numeric_options_reject_nan_inf_and_out_of_range(args, message, bundles, capsys, tmp_path):
+    """In-process `main(argv)`: exit 2, one line naming the option and its valid range, no hop run."""
+    from edge.cli import main
+    if args[0] == "run":
+        live = "--camera" in args or "--mic" in args
+        args = [*args, *models(bundles), *([] if live else ["--audio", str(DEMO_WAV)])]
+    else:
+        args = [*args, "--model", bundles["audio"], "--data", str(tmp_path)]  # --limit is checked first
+    try:
+        code = main(args)
+    except SystemExit as stop:  # argparse's own errors (not a number at all)
+        code = stop.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("avemo-edge: error: ") and message in err, err
+
+
 def test_corrupt_bundle_is_named(bundles, tmp_path):
     bad = tmp_path / "audio"
     shutil.copytree(bundles["audio"] if Path(bundles["audio"]).is_dir() else

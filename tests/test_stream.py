@@ -38,7 +38,12 @@ def test_realtime_replay_is_paced(bundles):
 @pytest.mark.parametrize("kwargs,error,match", [
     ({}, ConfigError, "not both or neither"),
     ({"audio": str(DEMO_WAV), "mic": True}, ConfigError, "not both or neither"),
-    ({"audio": str(DEMO_WAV), "hop": 0.0}, ConfigError, "--hop must be > 0"),
+    ({"audio": str(DEMO_WAV), "hop": 0.0}, ConfigError, r"hop \(--hop\) must be a number of seconds from 0.01 to 60, got 0.0"),
+    ({"audio": str(DEMO_WAV), "hop": float("nan")}, ConfigError, "from 0.01 to 60, got nan"),
+    ({"audio": str(DEMO_WAV), "hop": "0.5"}, ConfigError, "from 0.01 to 60, got '0.5'"),
+    ({"audio": str(DEMO_WAV), "duration": float("inf")}, ConfigError, r"duration \(--duration\) .* got inf"),
+    ({"audio": str(DEMO_WAV), "duration": -5}, ConfigError, "from 0.5 to 31536000, got -5"),
+    ({"camera": -2}, ConfigError, r"camera \(--camera\) index must be a whole number from 0 to 255, got -2"),
     ({"audio": str(DEMO_WAV), "audio_model": None}, ConfigError, "nothing to run"),
 ])
 def test_bad_arguments(kwargs, error, match, bundles):
