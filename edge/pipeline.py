@@ -170,7 +170,10 @@ class Pipeline:
 
     def _audio_step(self, ring: AudioRing, until: int) -> dict:
         start = time.perf_counter()
-        real = ring.read_latest(self.window[0], until)
+        try:
+            real = ring.read_latest(self.window[0], until)
+        except ValueError:  # the producer lapped that window (a torn read, or a hop a ring late)
+            real = ring.read_latest(self.window[0])  # the newest one instead; an overrun is counted
         start = self._timed("ring", start)
         loud = self.gate.voiced(self.window[0])  # run on every hop: level_dbfs describes this window
         voiced = loud and real >= self.min_samples

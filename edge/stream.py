@@ -183,13 +183,17 @@ class Stream:
         return result
 
     def counters(self) -> dict[str, int]:
+        """What went wrong so far, per source (README, "Output"): every value only grows."""
         out: dict[str, int] = {}
         if self.audio_ring is not None:
-            out.update(audio_overruns=self.audio_ring.overruns, audio_underruns=self.audio_ring.underruns)
+            out.update(audio_overruns=self.audio_ring.overruns, audio_underruns=self.audio_ring.underruns,
+                       audio_torn=self.audio_ring.torn)
         if self.mic is not None:
-            out["mic_overflows"] = self.mic.overflows
+            out.update(mic_overflows=self.mic.overflows, mic_errors=self.mic.errors)
         if self.frame_ring is not None:
-            out["frames_dropped"] = self.frame_ring.dropped
+            out.update(frames_dropped=self.frame_ring.dropped, frames_torn=self.frame_ring.torn)
+        if self.camera is not None:
+            out["frames_bad"] = self.camera.bad_frames
         return out
 
 

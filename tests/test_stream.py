@@ -12,7 +12,8 @@ def test_video_replay_has_both_modalities(bundles):
     assert len(results) == int(s.replay.seconds / 0.5 + 1e-9)
     assert sum(1 for r in results if r.face) >= len(results) - 1
     assert sum(1 for r in results if r.audio and r.audio["voiced"]) >= len(results) // 2
-    assert set(results[-1].counters) == {"audio_overruns", "audio_underruns", "frames_dropped"}
+    assert set(results[-1].counters) == {"audio_overruns", "audio_underruns", "audio_torn",
+                                         "frames_dropped", "frames_torn"}
 
 
 def test_video_without_its_audio(bundles):
@@ -76,16 +77,58 @@ def test_multichannel_44k_wav_is_converted(tmp_path, bundles):
     assert not any(r.audio["voiced"] for r in results)
 
 
-def test_mic_overflow_is_counted_in_the_results(bundles):
+def test_mic_overflows_and_errors_are_counted_in_the_results(bundles):
     sd = pytest.importorskip("sounddevice")
     from media import virtual_mic
     with virtual_mic():
         with Stream(mic=True, duration=1.0, audio_model=bundles["audio"]) as stream:
-            flags = sd.CallbackFlags()
-            flags.input_overflow = True  # PulseAudio never reports one: inject it as PortAudio would
-            stream.mic._callback(np.zeros((0, stream.mic.channels), np.float32), 0, None, flags)
+            empty = np.zeros((0, stream.mic.channels), np.float32)
+            for flag in ("input_overflow", "input_underflow"):  # PulseAudio never reports one:
+                flags = sd.CallbackFlags()                      # inject it as PortAudio would
+                setattr(flags, flag, True)
+                stream.mic._callback(empty, 0, None, flags)
+            stream.mic._callback(np.zeros(160, np.float32), 160, None, sd.CallbackFlags())  # not [frames, channels]
             results = list(stream)
     assert results[-1].counters["mic_overflows"] == 1
+    assert results[-1].counters["mic_errors"] == 2  # the underflow and the block that failed
+
+
+def _tear_next_copy(ring, lap) -> None:
+    """Make the ring's next copy-out race a producer: `lap()` writes while the copy runs."""
+    copy = ring._copy_out
+
+    def racing(*args) -> None:
+        ring._copy_out = copy
+        lap()
+        copy(*args)
+    ring._copy_out = racing
+
+
+def test_torn_reads_are_counted_and_the_loop_goes_on(bundles):
+    with Stream(video=str(DEMO_VIDEO), duration=1.0, audio_model=bundles["audio"],
+                face_model=bundles["face"]) as s:
+        audio, frames = s.audio_ring, s.frame_ring
+        _tear_next_copy(audio, lambda: audio.write(np.zeros(audio.capacity, np.float32)))
+        _tear_next_copy(frames, lambda: [frames.write(np.zeros(frames.shape, np.uint8), 0.0)
+                                         for _ in range(frames.slots)])
+        results = list(s)
+    assert [r.counters["audio_torn"] for r in results] == [1, 1]
+    assert [r.counters["frames_torn"] for r in results] == [1, 1]
+    assert results[0].counters["audio_overruns"] == 1  # the lapped window: the newest one was read
+    assert results[1].audio["level_dbfs"] > -120  # the next hop reads the stream again
+
+
+def test_bad_camera_frames_are_counted_in_the_results(bundles):
+    pytest.importorskip("cv2")
+    from media import MjpegServer, video_frames
+    with MjpegServer(list(video_frames(4))) as server:
+        with Stream(camera=server.url, duration=0.5, face_model=bundles["face"]) as s:
+            s.camera.stop()  # the reader thread paces frames; feed the source by hand from here
+            for bad in (np.zeros((0, 0, 3), np.uint8), np.zeros((48, 64, 2), np.uint8)):  # empty; 2 channels
+                s.camera._next_due = 0.0
+                s.camera._deliver(bad)
+            results = list(s)
+    assert results[-1].counters["frames_bad"] == 2
 
 
 def test_live_hops_are_stamped_with_the_audio_captured(bundles):
