@@ -44,7 +44,8 @@ def problem_list(where: str | Path, problems: list[str], fix: str) -> str:
     return f"{where}: {len(problems)} bad {entries}: {listed}{more} ({fix})"
 
 
-def in_range(name: str, value: object, low: float, high: float, unit: str = "", whole: bool = False):
+def in_range(name: str, value: object, low: float, high: float, unit: str = "",
+             whole: bool = False) -> float | int:
     """`value` when it is a finite number (an integer if `whole`) from `low` to `high`
     inclusive; else a `ConfigError` that names `name` and the valid range."""
     kind = Integral if whole else Real

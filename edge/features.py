@@ -90,7 +90,8 @@ class GateParams:
 
     def __post_init__(self) -> None:
         if self.frame_hops % self.step_hops:
-            raise ValueError(f"GateParams: frame_hops {self.frame_hops} is not a multiple of step_hops {self.step_hops}")
+            raise ValueError(f"GateParams: frame_hops {self.frame_hops} is not a multiple of "
+                             f"step_hops {self.step_hops}")
 
 
 GATE = GateParams()
@@ -161,7 +162,8 @@ class VoiceGate:
             return False
         self._periodicity(window)
         self.pairs = self._voiced_pairs()
-        return self.pairs >= self.params.min_voiced_pairs and self._modulation_db() >= self.params.min_modulation_db
+        return self.pairs >= self.params.min_voiced_pairs and \
+            self._modulation_db() >= self.params.min_modulation_db
 
     def _load_frames(self, window: np.ndarray) -> None:
         """Frames of the window's end into `_frames`, their levels, mean removed, Hann-windowed."""
@@ -217,7 +219,7 @@ class VoiceGate:
 
     def _modulation_db(self) -> float:
         """Standard deviation (dB) of the levels of the frames in voiced pairs."""
-        paired = self._paired  # not every voiced frame: one where a louder noise starts over a hum is unpaired
+        paired = self._paired  # not all voiced frames: one where a louder noise starts over a hum is unpaired
         paired[-1] = False
         np.copyto(paired[:-1], self._pairs)
         np.logical_or(paired[1:], self._pairs, out=paired[1:])

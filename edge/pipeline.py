@@ -175,8 +175,8 @@ class Pipeline:
         except ValueError:  # the producer lapped that window (a torn read, or a hop a ring late)
             real = ring.read_latest(self.window[0])  # the newest one instead; an overrun is counted
         start = self._timed("ring", start)
-        loud = self.gate.voiced(self.window[0])  # run on every hop: level_dbfs describes this window
-        voiced = loud and real >= self.min_samples
+        speech = self.gate.voiced(self.window[0])  # run on every hop: level_dbfs describes this window
+        voiced = speech and real >= self.min_samples
         start = self._timed("vad", start)
         result = {"voiced": voiced, "level_dbfs": round(self.gate.level_dbfs, 1), "label": None, "probs": None}
         if voiced:

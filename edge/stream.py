@@ -73,8 +73,8 @@ class Stream:
             raise ConfigError("give live sources (mic/camera) or a recording (audio/video file), not both or neither")
         self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
         hop = check_hop(hop if hop is not None else self.profile.audio.hop_s)
-        self.duration = None if duration is None else \
-            float(in_range("duration (--duration)", duration, hop, MAX_DURATION_S, unit=" of seconds (one hop at least)"))
+        self.duration = None if duration is None else float(in_range(
+            "duration (--duration)", duration, hop, MAX_DURATION_S, unit=" of seconds (one hop at least)"))
         for name, device in (("mic", mic), ("camera", camera)):
             if isinstance(device, int) and not isinstance(device, bool):
                 in_range(f"{name} (--{name}) index", device, 0, MAX_DEVICE_INDEX, whole=True)

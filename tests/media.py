@@ -121,8 +121,9 @@ def pass_rates(gate, clips: list[np.ndarray], snr_db: float = 10.0, seed: int = 
     passes: clean, and with white and pink noise `snr_db` below the speech."""
     rates = {}
     for name, kind in (("clean", None), ("white", "white"), ("pink", "pink")):
-        hits = [gate(w) for x in clips for w, c in zip(gate_windows(x if kind is None else add_noise(x, kind, snr_db, seed)),
-                                                         gate_windows(x)) if energy_voiced(c)]
+        noisy = (x if kind is None else add_noise(x, kind, snr_db, seed) for x in clips)
+        hits = [gate(w) for x, y in zip(clips, noisy)
+                for w, c in zip(gate_windows(y), gate_windows(x)) if energy_voiced(c)]
         rates[name] = sum(hits) / len(hits)
     return rates
 

@@ -39,7 +39,8 @@ def test_realtime_replay_is_paced(bundles):
 @pytest.mark.parametrize("kwargs,error,match", [
     ({}, ConfigError, "not both or neither"),
     ({"audio": str(DEMO_WAV), "mic": True}, ConfigError, "not both or neither"),
-    ({"audio": str(DEMO_WAV), "hop": 0.0}, ConfigError, r"hop \(--hop\) must be a number of seconds from 0.01 to 60, got 0.0"),
+    ({"audio": str(DEMO_WAV), "hop": 0.0}, ConfigError,
+     r"hop \(--hop\) must be a number of seconds from 0.01 to 60, got 0.0"),
     ({"audio": str(DEMO_WAV), "hop": float("nan")}, ConfigError, "from 0.01 to 60, got nan"),
     ({"audio": str(DEMO_WAV), "hop": "0.5"}, ConfigError, "from 0.01 to 60, got '0.5'"),
     ({"audio": str(DEMO_WAV), "duration": float("inf")}, ConfigError, r"duration \(--duration\) .* got inf"),
