@@ -115,11 +115,11 @@ def test_bad_input_is_one_line_and_exit_2(args, message, bundles):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["run", "--hop", "nan"], "hop (--hop) must be a number of seconds from 0.01 to 60, got nan"),
-    (["run", "--hop", "inf"], "from 0.01 to 60, got inf"),
-    (["run", "--hop=-inf"], "from 0.01 to 60, got -inf"),
-    (["run", "--hop", "0"], "from 0.01 to 60, got 0.0"),
-    (["run", "--hop", "61"], "from 0.01 to 60, got 61.0"),
+    (["run", "--hop", "nan"], "hop (--hop) must be a number of seconds from 0.001 to 60, got nan"),
+    (["run", "--hop", "inf"], "from 0.001 to 60, got inf"),
+    (["run", "--hop=-inf"], "from 0.001 to 60, got -inf"),
+    (["run", "--hop", "0"], "from 0.001 to 60, got 0.0"),
+    (["run", "--hop", "61"], "from 0.001 to 60, got 61.0"),
     (["run", "--duration", "-5"], "duration (--duration) must be a number of seconds (one hop at least) "
                                   "from 0.5 to 31536000, got -5.0"),
     (["run", "--duration", "nan"], "from 0.5 to 31536000, got nan"),
