@@ -324,7 +324,8 @@ class MicSource:
     the default input.
     The device is opened at its default rate with one channel when it allows that, else with
     all of its channels (averaged to mono). PortAudio input overflows are counted in
-    `overflows`; errors inside the callback are counted in `errors`, never raised.
+    `overflows`; blocks PortAudio flags as input underflow (zeros inserted) and errors inside
+    the callback are counted in `errors`, never raised.
     """
 
     def __init__(self, ring: AudioRing, device: int | str | None = None, block_s: float = 0.02) -> None:
@@ -377,6 +378,8 @@ class MicSource:
     def _callback(self, indata: np.ndarray, frames: int, _time, status) -> None:
         if status.input_overflow:
             self.overflows += 1
+        if status.input_underflow:
+            self.errors += 1
         try:
             for start in range(0, frames, len(self._mono)):
                 self._push(indata[start:start + len(self._mono)])

@@ -17,14 +17,24 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import NoReturn
 
 from edge.errors import AvemoError
 
 EXIT_BAD_INPUT = 2
 
 
-def _camera_spec(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors (an unknown option, `--hop abc`) are one line and exit 2,
+    like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"avemo-edge: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _device_spec(value: str) -> int | str:
+    """A device index (edge.open checks its range) or a name / path / URL."""
+    return int(value) if value.removeprefix("-").isdigit() else value
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -33,12 +43,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avemo-edge", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="avemo-edge", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="stream emotions from a mic/camera or a recording")
-    run.add_argument("--mic", nargs="?", const=True, default=None, metavar="DEVICE",
+    run.add_argument("--mic", nargs="?", const=True, default=None, type=_device_spec, metavar="DEVICE",
                      help="live microphone (default device, or an index / name from `avemo-edge info`)")
-    run.add_argument("--camera", nargs="?", const=0, default=None, type=_camera_spec, metavar="SPEC",
+    run.add_argument("--camera", nargs="?", const=0, default=None, type=_device_spec, metavar="SPEC",
                      help="live camera: index (default 0), video file or rtsp/http URL")
     run.add_argument("--audio", metavar="FILE", help="replay a wav/flac file")
     run.add_argument("--video", metavar="FILE", help="replay a video file (frames and its audio track)")

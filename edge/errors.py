@@ -3,10 +3,13 @@
 Every error raised for bad input (a bundle, a media file, a config, a device) is an
 `AvemoError` whose message names the thing that is wrong, the problem and the fix, in one
 line. The CLI prints `str(err)` and exits with code 2; anything else is a bug.
-`problem_list` writes many problems (bad rows, bad files) as that one line.
+`problem_list` writes many problems (bad rows, bad files) as that one line; `in_range` checks
+a number given as an option (NaN, infinities and out-of-range values are errors).
 """
 from __future__ import annotations
 
+import math
+from numbers import Integral, Real
 from pathlib import Path
 
 MAX_LISTED = 8
@@ -39,3 +42,14 @@ def problem_list(where: str | Path, problems: list[str], fix: str) -> str:
     more = f"; ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
     entries = "entry" if len(problems) == 1 else "entries"
     return f"{where}: {len(problems)} bad {entries}: {listed}{more} ({fix})"
+
+
+def in_range(name: str, value: object, low: float, high: float, unit: str = "",
+             whole: bool = False) -> float | int:
+    """`value` when it is a finite number (an integer if `whole`) from `low` to `high`
+    inclusive; else a `ConfigError` that names `name` and the valid range."""
+    kind = Integral if whole else Real
+    if isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high:
+        return value
+    what = "a whole number" if whole else "a number"
+    raise ConfigError(f"{name} must be {what}{unit} from {low:.10g} to {high:.10g}, got {value!r}")

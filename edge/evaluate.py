@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import MediaError
+from edge.errors import MediaError, in_range
 from edge.labels_csv import LABELS_CSV, media_kind, read_labels
 from edge.metrics import classification_report
 from edge.settings import AUDIO, LABEL_ALIASES, LABELS
@@ -182,6 +182,8 @@ def evaluate(model_name: str | Path, folder: str | Path, profile, backend: str =
              limit: int | None = None) -> dict:
     """Score the bundle `model_name` on a data folder; see module docstring."""
     from edge.bundle import load_bundle
+    if limit is not None:
+        in_range("limit (--limit)", limit, 1, 10**9, whole=True)
     bundle = load_bundle(model_name)
     rows = read_labels_csv(folder, bundle.modality)[:limit]
     report = evaluate_rows(scorer(model_name, bundle.modality, profile, backend, detect), bundle.labels, rows)

@@ -1,7 +1,8 @@
-"""Audio features: the reference log-mel front end and the energy VAD gate.
+"""Audio features: the reference log-mel front end and the voicing gate.
 
 In:  float32 mono waveform at `AUDIO.sample_rate`, values in [-1, 1].
-Out: `log_mel` -> float32 [n_frames, n_mels]; `VoiceGate.voiced` -> bool.
+Out: `log_mel` -> float32 [n_frames, n_mels]; `VoiceGate.voiced` -> bool (speech, not just
+     energy: periodic frames with a continuous pitch and a level that moves), `level_dbfs`.
 
 The audio student computes the same log-mel inside its graph (conv/matmul layers with fixed
 weights, built by `distill/models/frontend.py`); this numpy version is the reference it is
@@ -9,6 +10,8 @@ tested against. Frames are two adjacent hops (n_fft == 2 * hop), so a window of 
 gives T // hop - 1 frames and framing is a reshape, not a gather.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -67,26 +70,173 @@ def log_mel(wave: np.ndarray, fe: AudioFrontEnd = AUDIO) -> np.ndarray:
     return np.log(power @ mel_filterbank(fe) + fe.log_floor).astype(np.float32)
 
 
-class VoiceGate:
-    """Energy voice-activity gate over the latest window.
+@dataclass(frozen=True)
+class GateParams:
+    """What the voicing gate calls speech; the defaults are measured (docs/voicing-gate.md)."""
 
-    A window counts as voiced when at least `min_voiced_fraction` of its hops are louder
-    than `threshold_dbfs`. Works in place on the caller's window: no allocation per call.
+    frame_hops: int = 4
+    """Analysis frame, in front-end hops (4 x 10 ms = 40 ms: three periods of 75 Hz)."""
+    step_hops: int = 2
+    """Frame step, in front-end hops (20 ms: frames overlap by half)."""
+    pitch_hz: tuple[float, float] = (75.0, 400.0)
+    """Pitch range searched by the autocorrelation (lags sample_rate / 400 .. / 75)."""
+    max_hz: float = 1000.0
+    """Band the autocorrelation sees (power spectrum cut above): voiced speech's strongest
+    harmonics are below it, while broadband noise (and fricatives) would dilute the peak."""
+    periodicity: float = 0.6
+    """Normalized autocorrelation peak above which a loud frame is periodic (voiced)."""
+    pitch_jump: float = 0.15
+    """Largest relative pitch-lag change between two adjacent voiced frames of one voice."""
+    min_voiced_pairs: int = 4
+    """Adjacent voiced-frame pairs with a continuous pitch a window needs (the synthetic noises
+    reach 2 at most)."""
+    min_modulation_db: float = 1.0
+    """Least standard deviation (dB) of the levels of the frames in voiced pairs: a hum is
+    periodic but flat (syllables move a voice's level)."""
+
+    def __post_init__(self) -> None:
+        if self.frame_hops % self.step_hops:
+            raise ValueError(f"GateParams: frame_hops {self.frame_hops} is not a multiple of "
+                             f"step_hops {self.step_hops}")
+
+
+GATE = GateParams()
+
+
+class VoiceGate:
+    """Voicing gate over the latest window: is someone speaking, not just is it loud.
+
+    A 40 ms frame (one every 20 ms) is voiced when it is louder than `threshold_dbfs` and
+    periodic: the normalized autocorrelation of its band below `max_hz` (Hann window, divided
+    by the window's own autocorrelation, as Boersma's pitch tracker does) peaks above
+    `periodicity` at a lag inside the pitch range, not on the range's edge.
+    The window is voiced when at least `min_voiced_pairs` pairs of adjacent frames are voiced
+    with a continuous pitch (noise makes isolated periodic-looking frames, a voice makes runs)
+    and those frames' levels vary by `min_modulation_db` (syllables; a hum is flat).
+    The thresholds (`GateParams`) and what they reject are measured in docs/voicing-gate.md.
+    `level_dbfs` is the loudest 10 ms hop's mean-square level, `pairs` the count of voiced
+    pairs (how close a rejected window came). Every buffer is allocated here:
+    `voiced` allocates nothing and does not write to the caller's window.
     """
 
     def __init__(self, window_samples: int, threshold_dbfs: float = -45.0,
-                 min_voiced_fraction: float = 0.1, fe: AudioFrontEnd = AUDIO) -> None:
-        self.hop = fe.hop
+                 params: GateParams = GATE, fe: AudioFrontEnd = AUDIO) -> None:
+        self.hop, self.params = fe.hop, params
         self.n_hops = window_samples // fe.hop
         self.threshold = float(10.0 ** (threshold_dbfs / 10.0))  # mean-square power
-        self.min_voiced = max(1, int(np.ceil(min_voiced_fraction * self.n_hops)))
+        self.level_dbfs = -120.0
+        self.pairs = 0
+        """Voiced pairs in the last window (0 when it was quiet): how close it came."""
         self._sq = np.empty((self.n_hops, fe.hop), np.float32)
         self._power = np.empty(self.n_hops, np.float32)
-        self.level_dbfs = -120.0
+        self._setup_frames(fe)
+
+    def _setup_frames(self, fe: AudioFrontEnd) -> None:
+        p = self.params
+        self.frame = p.frame_hops * fe.hop
+        self.n_frames = (self.n_hops - p.frame_hops) // p.step_hops + 1
+        self.min_lag = int(fe.sample_rate / p.pitch_hz[1])
+        self.max_lag = int(np.ceil(fe.sample_rate / p.pitch_hz[0]))
+        n_fft = 1 << int(np.ceil(np.log2(self.frame + self.max_lag + 1)))  # linear, not circular
+        f, lags = max(self.n_frames, 2), self.max_lag - self.min_lag + 1
+        self._cut = int(p.max_hz * n_fft / fe.sample_rate) + 1
+        hann = hann_window(self.frame).astype(np.float64)
+        window_acf = np.fft.irfft(np.abs(np.fft.rfft(hann, n_fft)) ** 2, n_fft)
+        self._hann = np.tile(hann, (f, 1))
+        self._window_acf = np.tile(window_acf[self.min_lag:self.max_lag + 1] / window_acf[0], (f, 1))
+        self._x = np.zeros((f, n_fft))  # float64: numpy's FFT copies float32 input to complex128
+        self._spec = np.empty((f, n_fft // 2 + 1), np.complex128)
+        self._conj = np.empty_like(self._spec)
+        self._acf = np.empty((f, n_fft))
+        self._frames, self._means = np.empty((f, self.frame)), np.empty((f, self.frame))
+        self._in_range = np.empty((f, lags))
+        self._mean, self._energy, self._peak = np.empty(f), np.empty(f), np.empty(f)
+        self._level, self._db = np.empty(f), np.empty(f)
+        self._lag, self._dlag = np.empty(f, np.intp), np.empty(f - 1, np.intp)
+        self._reach = np.empty(f - 1)
+        self._loud, self._periodic = np.empty(f, bool), np.empty(f, bool)
+        self._pairs, self._ok, self._paired = np.empty(f - 1, bool), np.empty(f, bool), np.empty(f, bool)
 
     def voiced(self, window: np.ndarray) -> bool:
+        """True when `window` (float32 [n] at 16 kHz, read only) holds voiced speech."""
         hops = window[: self.n_hops * self.hop].reshape(self.n_hops, self.hop)
         np.multiply(hops, hops, out=self._sq)
         np.mean(self._sq, axis=1, out=self._power)
         self.level_dbfs = float(10.0 * np.log10(float(self._power.max()) + 1e-12))
-        return int(np.count_nonzero(self._power > self.threshold)) >= self.min_voiced
+        self.pairs = 0
+        if self.n_frames < 2 or float(self._power.max()) <= self.threshold:
+            return False
+        self._periodicity(window)
+        self.pairs = self._voiced_pairs()
+        return self.pairs >= self.params.min_voiced_pairs and \
+            self._modulation_db() >= self.params.min_modulation_db
+
+    def _load_frames(self, window: np.ndarray) -> None:
+        """Frames of the window's end into `_frames`, their levels, mean removed, Hann-windowed."""
+        end, step = self.n_hops * self.hop, self.params.step_hops * self.hop
+        start = end - (self.n_frames - 1) * step - self.frame
+        x = self._frames  # contiguous: ufuncs on a strided view would buffer (allocate)
+        steps = window[start:end].reshape(-1, step)  # a frame is frame_hops / step_hops steps
+        for j in range(self.frame // step):
+            np.copyto(x[:, j * step:(j + 1) * step], steps[j:j + self.n_frames])
+        np.multiply(x, x, out=self._means)
+        np.mean(self._means, axis=1, out=self._level)
+        np.greater(self._level, self.threshold, out=self._loud)
+        np.mean(x, axis=1, out=self._mean)
+        np.copyto(self._means, self._mean[:, None])  # ufuncs buffer (allocate) to broadcast
+        np.subtract(x, self._means, out=x)
+        np.multiply(x, self._hann, out=x)
+
+    def _periodicity(self, window: np.ndarray) -> None:
+        """Peak normalized autocorrelation of each frame below `max_hz` in the pitch-lag range
+        (`_peak`), and its lag index (`_lag`, 0 = `min_lag`)."""
+        self._load_frames(window)
+        np.copyto(self._x[:, : self.frame], self._frames)
+        np.fft.rfft(self._x, axis=1, out=self._spec)
+        np.conjugate(self._spec, out=self._conj)
+        np.multiply(self._spec, self._conj, out=self._spec)  # power spectrum (imaginary part 0)
+        self._spec[:, self._cut:] = 0.0
+        np.fft.irfft(self._spec, n=self._x.shape[1], axis=1, out=self._acf)
+        in_range = self._in_range
+        np.copyto(in_range, self._acf[:, self.min_lag:self.max_lag + 1])
+        np.divide(in_range, self._window_acf, out=in_range)
+        np.argmax(in_range, axis=1, out=self._lag)
+        np.max(in_range, axis=1, out=self._peak)
+        np.add(self._acf[:, 0], 1e-20, out=self._energy)
+        np.divide(self._peak, self._energy, out=self._peak)
+
+    def _voiced_pairs(self) -> int:
+        """Adjacent frames both voiced (loud, periodic at an inner lag) with a continuous pitch."""
+        last = self.max_lag - self.min_lag
+        np.greater(self._peak, self.params.periodicity, out=self._periodic)
+        np.logical_and(self._periodic, self._loud, out=self._periodic)
+        np.greater(self._lag, 0, out=self._ok)  # a peak on the range's edge is a slope, not a pitch
+        np.logical_and(self._periodic, self._ok, out=self._periodic)
+        np.less(self._lag, last, out=self._ok)
+        np.logical_and(self._periodic, self._ok, out=self._periodic)
+        np.subtract(self._lag[1:], self._lag[:-1], out=self._dlag)
+        np.abs(self._dlag, out=self._dlag)
+        np.add(self._lag[:-1], self.min_lag, out=self._reach)
+        np.multiply(self._reach, self.params.pitch_jump, out=self._reach)
+        np.less_equal(self._dlag, self._reach, out=self._pairs)
+        np.logical_and(self._pairs, self._periodic[1:], out=self._pairs)
+        np.logical_and(self._pairs, self._periodic[:-1], out=self._pairs)
+        return int(np.count_nonzero(self._pairs))
+
+    def _modulation_db(self) -> float:
+        """Standard deviation (dB) of the levels of the frames in voiced pairs."""
+        paired = self._paired  # not all voiced frames: one where a louder noise starts over a hum is unpaired
+        paired[-1] = False
+        np.copyto(paired[:-1], self._pairs)
+        np.logical_or(paired[1:], self._pairs, out=paired[1:])
+        n = int(np.count_nonzero(paired))
+        if n < 2:
+            return 0.0
+        db = self._db
+        np.add(self._level, 1e-12, out=db)
+        np.log10(db, out=db)
+        np.multiply(db, 10.0, out=db)
+        mean = float(np.sum(db, where=paired)) / n
+        np.subtract(db, mean, out=db)
+        np.square(db, out=db)
+        return float(np.sqrt(float(np.sum(db, where=paired)) / n))

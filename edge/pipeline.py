@@ -17,7 +17,7 @@ import numpy as np
 
 from edge.backends import open_session
 from edge.bundle import Bundle, load_bundle
-from edge.errors import ConfigError
+from edge.errors import ConfigError, in_range
 from edge.face import FaceStage
 from edge.features import VoiceGate, window_samples
 from edge.fusion import CommonSpace, Fusion
@@ -27,6 +27,13 @@ from edge.settings import AUDIO
 
 MIN_AUDIO_S = 0.5
 """Shortest window the audio student is run on (at the start of a stream)."""
+HOP_RANGE_S = (0.001, 60.0)
+"""Seconds between results: 1 ms (a replay scanned finely, as tests/test_live.py does) to a minute."""
+
+
+def check_hop(hop_s: object) -> float:
+    """`hop_s` as float seconds, or a ConfigError naming --hop and HOP_RANGE_S."""
+    return float(in_range("hop (--hop)", hop_s, *HOP_RANGE_S, unit=" of seconds"))
 
 
 @dataclass
@@ -125,9 +132,7 @@ class Pipeline:
         if audio_model is None and face_model is None:
             raise ConfigError("nothing to run: give an audio model, a face model or both")
         self.profile = profile
-        self.hop_s = hop_s if hop_s is not None else profile.audio.hop_s
-        if self.hop_s <= 0:
-            raise ConfigError(f"--hop must be > 0 seconds, got {self.hop_s}")
+        self.hop_s = check_hop(hop_s if hop_s is not None else profile.audio.hop_s)
         threads, order = profile.device.threads, profile.runtime.backends
         self.audio = Model(load_bundle(audio_model), backend, order, threads) if audio_model else None
         self.face = Model(load_bundle(face_model), backend, order, threads) if face_model else None
@@ -169,10 +174,13 @@ class Pipeline:
 
     def _audio_step(self, ring: AudioRing, until: int) -> dict:
         start = time.perf_counter()
-        real = ring.read_latest(self.window[0], until)
+        try:
+            real = ring.read_latest(self.window[0], until)
+        except ValueError:  # the producer lapped that window (a torn read, or a hop a ring late)
+            real = ring.read_latest(self.window[0])  # the newest one instead; an overrun is counted
         start = self._timed("ring", start)
-        loud = self.gate.voiced(self.window[0])  # run on every hop: level_dbfs describes this window
-        voiced = loud and real >= self.min_samples
+        speech = self.gate.voiced(self.window[0])  # run on every hop: level_dbfs describes this window
+        voiced = speech and real >= self.min_samples
         start = self._timed("vad", start)
         result = {"voiced": voiced, "level_dbfs": round(self.gate.level_dbfs, 1), "label": None, "probs": None}
         if voiced:

@@ -141,13 +141,16 @@ class FrameRing:
             if seq < 0:
                 return None
             slot = seq % self.slots
-            out[...] = self._frames[slot]
+            self._copy_out(out, slot)
             t = float(self._times[slot])
             if self._claimed <= seq + self.slots:
                 self._last_read = seq
                 return t, seq
             self.torn += 1
         raise RuntimeError("FrameRing: producer kept overwriting the frame being read")
+
+    def _copy_out(self, out: np.ndarray, slot: int) -> None:
+        out[...] = self._frames[slot]
 
     def stats(self) -> dict:
         return {"slots": self.slots, "written": self.written, "dropped": self.dropped,

@@ -23,11 +23,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.errors import ConfigError, MediaError
-from edge.pipeline import Pipeline, Result
+from edge.errors import ConfigError, MediaError, in_range
+from edge.pipeline import Pipeline, Result, check_hop
 from edge.profiles import Profile, load_profile
 from edge.ring import AudioRing, FrameRing
 from edge.settings import AUDIO
+
+
+MAX_DEVICE_INDEX = 255
+"""Largest microphone / camera index (PortAudio, V4L2)."""
+MAX_DURATION_S = 365 * 24 * 3600.0
+"""Longest --duration (a year); without --duration a live run goes on until stopped."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,12 @@ class Stream:
         if live == replay:
             raise ConfigError("give live sources (mic/camera) or a recording (audio/video file), not both or neither")
         self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
-        self.duration = duration
+        hop = check_hop(hop if hop is not None else self.profile.audio.hop_s)
+        self.duration = None if duration is None else float(in_range(
+            "duration (--duration)", duration, hop, MAX_DURATION_S, unit=" of seconds (one hop at least)"))
+        for name, device in (("mic", mic), ("camera", camera)):
+            if isinstance(device, int) and not isinstance(device, bool):
+                in_range(f"{name} (--{name}) index", device, 0, MAX_DEVICE_INDEX, whole=True)
         self.realtime = realtime or live
         self.replay = _replay(audio, video) if replay else None
         has_audio = (self.replay.wave is not None) if replay else mic not in (None, False)
@@ -157,13 +168,17 @@ class Stream:
         return result
 
     def counters(self) -> dict[str, int]:
+        """What went wrong so far, per source (README, "Output"): every value only grows."""
         out: dict[str, int] = {}
         if self.audio_ring is not None:
-            out.update(audio_overruns=self.audio_ring.overruns, audio_underruns=self.audio_ring.underruns)
+            out.update(audio_overruns=self.audio_ring.overruns, audio_underruns=self.audio_ring.underruns,
+                       audio_torn=self.audio_ring.torn)
         if self.mic is not None:
-            out["mic_overflows"] = self.mic.overflows
+            out.update(mic_overflows=self.mic.overflows, mic_errors=self.mic.errors)
         if self.frame_ring is not None:
-            out["frames_dropped"] = self.frame_ring.dropped
+            out.update(frames_dropped=self.frame_ring.dropped, frames_torn=self.frame_ring.torn)
+        if self.camera is not None:
+            out["frames_bad"] = self.camera.bad_frames
         return out
 
 

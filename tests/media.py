@@ -65,6 +65,69 @@ def _encode(x: np.ndarray, bits: int, floating: bool) -> np.ndarray:
     return ints.astype(f"<i{bits // 8}")
 
 
+NOISES = ("white", "pink", "brown", "hum50", "hum100", "fan", "band", "silence")
+
+
+def noise(kind: str, seconds: float, dbfs: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
+    """Non-speech, float32 [seconds * rate] at an RMS level of `dbfs`, clipped to [-1, 1]:
+    "white", "pink" (power ~ 1/f), "brown" (~ 1/f^2), "hum50" / "hum100" (mains hum: a
+    fundamental and four harmonics), "fan" (noise band-passed 80-400 Hz, its amplitude wobbling
+    +-50 % at 0.7 Hz), "band" (noise band-passed 150-600 Hz), "silence" (zeros)."""
+    n, rng = round(seconds * rate), np.random.default_rng(seed)
+    t = np.arange(n) / rate
+    if kind == "silence":
+        return np.zeros(n, np.float32)
+    if kind.startswith("hum"):
+        f0 = float(kind[3:])
+        y = sum(a * np.sin(2 * np.pi * f0 * h * t + h) for h, a in enumerate((1, .5, .3, .2, .1), 1))
+    else:
+        spectrum, freq = np.fft.rfft(rng.standard_normal(n)), np.fft.rfftfreq(n, 1 / rate)
+        f = np.maximum(freq, 1.0)
+        shape = {"white": np.ones_like(f), "pink": f ** -0.5, "brown": 1 / f,
+                 "fan": (f > 80) / (1 + (f / 400) ** 2), "band": (f > 150) & (f < 600)}[kind]
+        y = np.fft.irfft(spectrum * shape, n)
+        if kind == "fan":
+            y = y * (1 + 0.5 * np.sin(2 * np.pi * 0.7 * t))
+    y = y / np.sqrt(np.mean(y**2)) * 10 ** (dbfs / 20)
+    return np.clip(y, -1, 1).astype(np.float32)
+
+
+def add_noise(speech: np.ndarray, kind: str, snr_db: float, seed: int = 0) -> np.ndarray:
+    """`speech` (16 kHz) plus `kind` noise `snr_db` below its active level: the mean power of
+    its 10 ms hops within 30 dB of the loudest, so leading and trailing silence do not count."""
+    hops = speech[: len(speech) // 160 * 160].astype(np.float64).reshape(-1, 160)
+    power = np.mean(hops**2, axis=1)
+    active = float(np.mean(power[power > power.max() * 1e-3]))
+    level = 10 * np.log10(active) - snr_db
+    return (speech + noise(kind, len(speech) / 16000, level, seed)).astype(np.float32)
+
+
+def gate_windows(x: np.ndarray, window: int = 32000, hop: int = 8000) -> Iterator[np.ndarray]:
+    """The pipeline's windows (2 s every 0.5 s at 16 kHz), zeros before the stream starts."""
+    padded = np.concatenate([np.zeros(window, np.float32), x])
+    for end in range(window + hop, len(padded) + 1, hop):
+        yield padded[end - window:end]
+
+
+def energy_voiced(window: np.ndarray, dbfs: float = -45.0) -> bool:
+    """The energy-only gate this project had before the voicing gate: at least 10 % of the
+    window's 10 ms hops above `dbfs`. The reference for "a window with something loud in it"."""
+    power = np.mean(window.reshape(-1, 160).astype(np.float64) ** 2, axis=1)
+    return np.count_nonzero(power > 10 ** (dbfs / 10)) >= 0.1 * len(power)
+
+
+def pass_rates(gate, clips: list[np.ndarray], snr_db: float = 10.0, seed: int = 0) -> dict[str, float]:
+    """Of the windows of clean `clips` that `energy_voiced` passes, the share `gate(window)`
+    passes: clean, and with white and pink noise `snr_db` below the speech."""
+    rates = {}
+    for name, kind in (("clean", None), ("white", "white"), ("pink", "pink")):
+        noisy = (x if kind is None else add_noise(x, kind, snr_db, seed) for x in clips)
+        hits = [gate(w) for x, y in zip(clips, noisy)
+                for w, c in zip(gate_windows(y), gate_windows(x)) if energy_voiced(c)]
+        rates[name] = sum(hits) / len(hits)
+    return rates
+
+
 def speech_wav(path: Path, text: str = "Hello. I am really happy to see you today, what a surprise!",
                rate: int | None = None) -> Path:
     """Speech synthesized with espeak-ng (22.05 kHz mono), resampled with ffmpeg if `rate`."""

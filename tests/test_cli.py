@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 cv2 = pytest.importorskip("cv2")
@@ -70,6 +71,21 @@ def test_audio_file_only(bundles):
     assert any(r["audio"]["voiced"] and r["fused"] for r in lines)
 
 
+def test_noise_file_gets_no_audio_label(bundles, tmp_path):
+    """White noise at full scale, pink, mains hum at 50 and 100 Hz and a wobbling fan, back to
+    back: loud on every hop, voiced and labelled on none."""
+    from media import noise, write_wav
+    parts = [noise(kind, 3.0, dbfs, seed=i) for i, (kind, dbfs) in enumerate(
+        [("white", 0), ("pink", -20), ("hum50", -10), ("hum100", -30), ("fan", -10)])]
+    p = run("run", "--audio", write_wav(tmp_path / "noise.wav", np.concatenate(parts), 16000),
+            *models(bundles))
+    assert p.returncode == 0, p.stderr
+    audio = [r["audio"] for r in json_lines(p.stdout)]
+    assert len(audio) == 30 and all(a["level_dbfs"] > -45 for a in audio)
+    assert [(a["voiced"], a["label"], a["probs"]) for a in audio] == [(False, None, None)] * 30
+    assert "no emotion" in p.stderr
+
+
 def test_duration_and_pretty(bundles, speech_video):
     p = run("run", "--video", speech_video, "--duration", "1.0", "--pretty", *models(bundles))
     assert p.returncode == 0, p.stderr
@@ -96,6 +112,42 @@ def test_bad_input_is_one_line_and_exit_2(args, message, bundles):
     assert "Traceback" not in p.stderr
     err = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("avemo-edge: error:") and message in err[0], p.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--hop", "nan"], "hop (--hop) must be a number of seconds from 0.001 to 60, got nan"),
+    (["run", "--hop", "inf"], "from 0.001 to 60, got inf"),
+    (["run", "--hop=-inf"], "from 0.001 to 60, got -inf"),
+    (["run", "--hop", "0"], "from 0.001 to 60, got 0.0"),
+    (["run", "--hop", "61"], "from 0.001 to 60, got 61.0"),
+    (["run", "--duration", "-5"], "duration (--duration) must be a number of seconds (one hop at least) "
+                                  "from 0.5 to 31536000, got -5.0"),
+    (["run", "--duration", "nan"], "from 0.5 to 31536000, got nan"),
+    (["run", "--duration", "inf"], "from 0.5 to 31536000, got inf"),
+    (["run", "--duration", "0.2", "--hop", "0.25"], "from 0.25 to 31536000, got 0.2"),
+    (["run", "--hop", "abc"], "argument --hop: invalid float value: 'abc'"),
+    (["run", "--camera", "-1"], "camera (--camera) index must be a whole number from 0 to 255, got -1"),
+    (["run", "--mic", "-3"], "mic (--mic) index must be a whole number from 0 to 255, got -3"),
+    (["run", "--mic", "999", "--camera", "0"], "mic (--mic) index must be a whole number from 0 to 255, got 999"),
+    (["eval", "--limit", "0"], "limit (--limit) must be a whole number from 1 to 1000000000, got 0"),
+    (["eval", "--limit", "-3"], "got -3"),
+    (["eval", "--limit", "nan"], "argument --limit: invalid int value: 'nan'"),
+])
+def test_numeric_options_reject_nan_inf_and_out_of_range(args, message, bundles, capsys, tmp_path):
+    """In-process `main(argv)`: exit 2, one line naming the option and its valid range, no hop run."""
+    from edge.cli import main
+    if args[0] == "run":
+        live = "--camera" in args or "--mic" in args
+        args = [*args, *models(bundles), *([] if live else ["--audio", str(DEMO_WAV)])]
+    else:
+        args = [*args, "--model", bundles["audio"], "--data", str(tmp_path)]  # --limit is checked first
+    try:
+        code = main(args)
+    except SystemExit as stop:  # argparse's own errors (not a number at all)
+        code = stop.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("avemo-edge: error: ") and message in err, err
 
 
 def test_corrupt_bundle_is_named(bundles, tmp_path):

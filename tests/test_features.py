@@ -1,8 +1,14 @@
+import time
+
 import numpy as np
 import pytest
 
+from alloc import allocated_by
+from conftest import DEMO_VIDEO, DEMO_WAV
+from edge.audio import read_audio
 from edge.features import VoiceGate, frames, log_mel, mel_filterbank, n_frames
 from edge.settings import AUDIO
+from media import NOISES, SHARED_DATA, gate_windows, need, noise, pass_rates, shared_data
 
 
 def test_frames_are_two_adjacent_hops():
@@ -37,12 +43,62 @@ def test_log_mel_rejects_bad_input():
         log_mel(np.zeros(100, np.float32))
 
 
-def test_voice_gate():
-    n = 2 * AUDIO.sample_rate
-    gate = VoiceGate(n, threshold_dbfs=-45)
-    rng = np.random.default_rng(0)
-    assert not gate.voiced(np.zeros(n, np.float32))
-    assert not gate.voiced((1e-4 * rng.standard_normal(n)).astype(np.float32))
-    speechy = np.zeros(n, np.float32)
-    speechy[: n // 4] = 0.1 * rng.standard_normal(n // 4)
-    assert gate.voiced(speechy) and gate.level_dbfs > -30
+SR = AUDIO.sample_rate
+WINDOW = 2 * SR
+
+
+@pytest.mark.parametrize("kind", NOISES)
+def test_noise_is_not_speech_at_any_level(kind):
+    gate = VoiceGate(WINDOW, threshold_dbfs=-45)
+    for dbfs in (-80, -60, -40, -20, -10, 0):
+        x = noise(kind, 6.0, dbfs, seed=dbfs + 100)
+        assert not any(gate.voiced(w) for w in gate_windows(x)), f"{kind} at {dbfs} dBFS"
+        assert (gate.level_dbfs > -45) == (dbfs >= -40 and kind != "silence")  # loud, yet not speech
+
+
+def test_demo_speech_passes_clean_and_in_noise():
+    """The demo clip's espeak voice (in the repo): every loud window voiced, clean and at 10 dB SNR."""
+    from edge.audio import read_video_audio
+    need("ffmpeg")
+    rates = pass_rates(VoiceGate(WINDOW).voiced, [read_video_audio(DEMO_VIDEO)])
+    assert min(rates.values()) == 1.0, rates
+
+
+def test_real_speech_passes_clean_and_in_noise():
+    """40 RAVDESS clips across the 20 actors and the CREMA-D fixture, clean and at 10 dB SNR:
+    measured 0.976 and 0.918 in all three conditions (held-out figures: docs/voicing-gate.md)."""
+    import csv
+    ravdess, cremad = shared_data("ravdess_speech"), SHARED_DATA / "cremad_fixture" / "wav16k"
+    rows = list(csv.DictReader(open(ravdess / "labels.csv")))
+    clips = [read_audio(ravdess / row["path"]) for row in rows[::len(rows) // 40]]
+    rates = pass_rates(VoiceGate(WINDOW).voiced, clips)
+    assert min(rates.values()) >= 0.95, rates
+    crema = pass_rates(VoiceGate(WINDOW).voiced, [read_audio(p) for p in sorted(cremad.glob("*.wav"))])
+    assert min(crema.values()) >= 0.85, crema
+
+
+def test_speech_level_and_voicing():
+    gate = VoiceGate(WINDOW, threshold_dbfs=-45)
+    speech = np.zeros(WINDOW, np.float32)
+    speech[WINDOW // 2:] = read_audio(DEMO_WAV)[SR: SR + WINDOW // 2]
+    assert gate.voiced(speech) and -30 < gate.level_dbfs < 0
+    assert not gate.voiced(speech * 1e-3)  # the same voice below -45 dBFS
+
+
+def test_voice_gate_allocates_nothing():
+    setup = ("gate = VoiceGate(32000)\n"
+             "x = (np.sin(np.arange(32000) * 0.06) * np.linspace(0, 0.5, 32000)).astype(np.float32)")
+    peak, held = allocated_by("from edge.features import VoiceGate", setup, "gate.voiced(x)", steps=50)
+    peak_more, held_more = allocated_by("from edge.features import VoiceGate", setup, "gate.voiced(x)", steps=500)
+    assert max(peak, peak_more) < 16384, "a 2 s window copied through new memory (one float32 copy is 128 KB)"
+    assert held_more - held < 256, "memory held grows with the number of calls"
+
+
+def test_voice_gate_is_cheap():
+    gate, x = VoiceGate(WINDOW), read_audio(DEMO_WAV)[:WINDOW]
+    times = []
+    for _ in range(50):
+        start = time.perf_counter()
+        gate.voiced(x)
+        times.append(time.perf_counter() - start)
+    assert np.median(times) < 2e-3  # measured 0.47 ms on the 2-core x86 dev machine

@@ -5,7 +5,8 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from conftest import PORTRAIT, rss_kb  # noqa: E402
+from conftest import DEMO_WAV, PORTRAIT, rss_kb  # noqa: E402
+from edge.audio import read_audio  # noqa: E402
 from edge.bundle import load_bundle  # noqa: E402
 from edge.pipeline import Model, Pipeline  # noqa: E402
 from edge.profiles import load_profile  # noqa: E402
@@ -33,17 +34,22 @@ def pipe(bundles, frame):
     return p
 
 
-def rings(frame, seconds=3.0, amplitude=0.1):
+@pytest.fixture(scope="module")
+def speech():
+    """The demo clip's espeak voice, 16 kHz: what the voicing gate passes (noise it does not)."""
+    return read_audio(DEMO_WAV)
+
+
+def rings(frame, speech, seconds=3.0, gain=1.0):
     audio = AudioRing(4 * SR)
-    rng = np.random.default_rng(0)
-    audio.write((amplitude * rng.standard_normal(int(seconds * SR))).astype(np.float32))
+    audio.write(gain * speech[: int(seconds * SR)])
     frames = FrameRing(4, frame.shape)
     frames.write(frame, 3.0)
     return audio, frames
 
 
-def test_one_hop_with_both_modalities(pipe, frame):
-    audio, frames = rings(frame)
+def test_one_hop_with_both_modalities(pipe, frame, speech):
+    audio, frames = rings(frame, speech)
     r = pipe.step(3.0, audio, frames)
     assert r.audio["voiced"] and set(r.audio["probs"]) == set(pipe.audio.labels)
     assert sum(r.audio["probs"].values()) == pytest.approx(1.0, abs=1e-3)
@@ -53,35 +59,36 @@ def test_one_hop_with_both_modalities(pipe, frame):
     assert {"ring", "vad", "audio", "face_detect", "face", "fusion", "total"} <= set(r.latency_ms)
 
 
-def test_silence_is_not_voiced_and_the_model_is_not_run(pipe, frame):
-    audio, frames = rings(frame, amplitude=0.0)
+def test_silence_is_not_voiced_and_the_model_is_not_run(pipe, frame, speech):
+    audio, frames = rings(frame, speech, gain=0.0)
     r = pipe.step(3.0, audio, frames)
     assert r.audio["voiced"] is False and r.audio["probs"] is None
     assert r.fused["label"] == r.face["label"] or r.fused is not None  # face alone carries fusion
     assert pipe.fusion.weights["audio"] == 0
 
 
-def test_stale_or_missing_frames_mean_no_face(pipe, frame):
-    audio, frames = rings(frame)
+def test_stale_or_missing_frames_mean_no_face(pipe, frame, speech):
+    audio, frames = rings(frame, speech)
     assert pipe.step(10.0, audio, frames).face is None  # frame is 7 s old
     assert pipe.step(3.0, audio, FrameRing(2, frame.shape)).face is None  # empty ring
     assert pipe.step(3.0, audio, None).face is None
 
 
-def test_blank_view_has_no_face_but_audio_goes_on(pipe):
+def test_blank_view_has_no_face_but_audio_goes_on(pipe, speech):
     blank = np.full((480, 640, 3), 90, np.uint8)
-    audio, frames = rings(blank)
+    audio, frames = rings(blank, speech)
     r = pipe.step(3.0, audio, frames)
     assert r.face is None and r.audio["probs"] is not None and r.fused is not None
 
 
-def test_the_audio_window_ends_at_the_hop_time(pipe):
-    """step(t) reads the window that ends at t, not the newest one: silent until 3 s, loud after."""
-    audio = AudioRing(6 * SR)
+def test_the_audio_window_ends_at_the_hop_time(pipe, speech):
+    """step(t) reads the window that ends at t, not the newest one: silent until 3 s, speech after."""
+    audio, voice = AudioRing(6 * SR), speech[SR: 2 * SR]
     audio.write(np.zeros(3 * SR, np.float32))
-    audio.write(np.full(SR, 0.1, np.float32))
+    audio.write(voice)
     assert pipe.step(3.0, audio, None).audio["level_dbfs"] == -120.0
-    assert pipe.step(3.0 + 160 / SR, audio, None).audio["level_dbfs"] == -20.0  # one 10 ms hop of sound
+    first_hop = round(10 * np.log10(np.mean(voice[:160].astype(np.float64) ** 2)), 1)
+    assert pipe.step(3.0 + 160 / SR, audio, None).audio["level_dbfs"] == pytest.approx(first_hop, abs=0.1)
     assert pipe.step(4.0, audio, None).audio["voiced"]
 
 
@@ -92,17 +99,17 @@ def test_level_describes_a_window_too_short_to_classify(pipe):
     assert r["level_dbfs"] == -20.0 and not r["voiced"]
 
 
-def test_steady_state_allocates_nothing(pipe, frame):
+def test_steady_state_allocates_nothing(pipe, frame, speech):
     """After warm-up, 200 hops add no numpy memory (tracemalloc) and RSS stays within 2 MB."""
-    audio, frames = rings(frame)
-    block = np.zeros(SR // 2, np.float32)
+    audio, frames = rings(frame, speech)
+    blocks = speech[: len(speech) // (SR // 2) * (SR // 2)].reshape(-1, SR // 2)
     for i in range(20):
-        audio.write(block + 0.05 * np.sin(i))
+        audio.write(blocks[i % len(blocks)])
         frames.write(frame, 3.0 + i)
         pipe.step(3.0 + i, audio, frames)
     def hops(start, n):
         for i in range(start, start + n):
-            audio.write(block)
+            audio.write(blocks[i % len(blocks)])
             frames.write(frame, 3.0 + i)
             pipe.step(3.0 + i, audio, frames)
 
