@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Fresh-machine setup used by `make setup` (and so by `make demo`, `make test`, CI):
-# system packages (Debian/Ubuntu apt; skipped where they are already there), then a venv
+# system packages (Debian/Ubuntu apt; skipped where they are already there; chromium only
+# drives the --serve page test), then a venv
 # with the package and the extras the demo, the tests and training use.
 set -euo pipefail
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES="ffmpeg espeak-ng sox libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins qemu-user-static debootstrap"
+APT_PACKAGES="ffmpeg espeak-ng sox libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins qemu-user-static debootstrap chromium"
 
 missing=""
 for pkg in $APT_PACKAGES; do
