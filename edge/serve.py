@@ -12,15 +12,15 @@ Routes (GET; nothing else exists, no file is ever served from disk):
 
 Contract with the loop (edge/stream.py calls `publish` once per hop, from the loop thread):
   `publish(result, frame)` takes the `Result` by reference (results are never changed after
-  they are yielded) and copies `frame` ((H, W, 3) uint8 BGR, the caller's buffer, reused by
-  the caller after the call) into one of three slots allocated at the first frame (a triple
-  buffer). The lock it takes guards only an index swap and a reference swap: the loop never
+  they are yielded) and copies `frame` ((H, W, 3) uint8 BGR, one shape for the stream; the
+  caller's buffer, which it reuses after the call) into one of three slots allocated at the
+  first frame (a triple buffer). The lock it takes guards only an index swap and a reference swap: the loop never
   waits on a client, never encodes and allocates nothing per hop.
   Server threads (one per connection, at most 2 * max_clients connections, at most
   `max_clients` event streams; more get 503) do the work: JSON from the result reference,
   PNG at most once per hop into buffers allocated at the first frame. An event stream only
   ever sends the newest hop (a client that falls behind skips hops: one result buffered per
-  client); a client that does not take a write within `send_timeout_s` is dropped.
+  client); a client whose request or any one write takes over `send_timeout_s` is dropped.
 
 Safety: binds 127.0.0.1 unless a host is given. A loopback server answers only requests
 whose Host is a loopback name (no DNS rebinding from a web page). Any other host gets a
@@ -41,11 +41,15 @@ import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
 from edge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge.pipeline import Result
 
 DEFAULT_HOST = "127.0.0.1"
 MAX_SIDE = 640
@@ -95,7 +99,6 @@ class PngEncoder:
     """BGR frames of one shape -> PNG bytes, with the face box drawn; buffers allocated once."""
 
     def __init__(self, shape: tuple[int, int, int]) -> None:
-        self.shape = shape
         self.step = -(-max(shape[:2]) // MAX_SIDE)
         h, w = -(-shape[0] // self.step), -(-shape[1] // self.step)
         self.rgb = np.zeros((h, w, 3), np.uint8)
@@ -141,11 +144,12 @@ class Latest:
         self._png: tuple[int, bytes] = (0, b"")
         self._encoder: PngEncoder | None = None
 
-    def publish(self, result, frame: np.ndarray | None) -> None:
-        """Loop side, once per hop: copy the frame into the back slot, then swap it in."""
+    def publish(self, result: Result, frame: np.ndarray | None) -> None:
+        """Loop side, once per hop: copy the frame (always of one shape) into the back slot,
+        then swap it in."""
         if frame is not None:
-            if self._slots is None or self._slots[0].shape != frame.shape:
-                self._slots = [np.zeros_like(frame) for _ in range(3)]  # first frame (or a new size)
+            if self._slots is None:
+                self._slots = [np.zeros_like(frame) for _ in range(3)]
             np.copyto(self._slots[self._back], frame)
         with self.cond:
             self.seq += 1
@@ -162,7 +166,7 @@ class Latest:
             self.closed = True
             self.cond.notify_all()
 
-    def wait(self, seen: int, timeout: float) -> tuple[int, object | None]:
+    def wait(self, seen: int, timeout: float) -> tuple[int, Result | None]:
         """Server side: the newest (seq, result) after `seen`, or (seen, None) on timeout/close."""
         with self.cond:
             self.cond.wait_for(lambda: self.seq > seen or self.closed, timeout)
@@ -179,8 +183,7 @@ class Latest:
                 return None
             if self._png[0] != seq:
                 frame = self._slots[front]
-                if self._encoder is None or self._encoder.shape != frame.shape:
-                    self._encoder = PngEncoder(frame.shape)
+                self._encoder = self._encoder or PngEncoder(frame.shape)
                 self._png = (seq, self._encoder.encode(frame, box))
             return self._png[1]
 
@@ -332,7 +335,7 @@ class LiveServer:
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, args=(0.2,), name="avemo-serve", daemon=True).start()
 
-    def publish(self, result, frame: np.ndarray | None) -> None:
+    def publish(self, result: Result, frame: np.ndarray | None) -> None:
         self.latest.publish(result, frame)
 
     def stop(self) -> None:
