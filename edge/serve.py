@@ -224,10 +224,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _frame(self) -> None:
         png = self.server.owner.latest.png()
-        if png is None:
-            self._send(204, "image/png", b"")
-        else:
-            self._send(200, "image/png", png)
+        self._send(204 if png is None else 200, "image/png", png or b"")
 
     def _events(self) -> None:
         owner = self.server.owner
