@@ -2,6 +2,7 @@
 
     avemo-edge run --mic --camera                  live, one JSON line per hop on stdout
     avemo-edge run --video talk.mp4 --overlay out.mp4
+    avemo-edge run --mic --camera --serve 8080     also a live web view on http://127.0.0.1:8080/
     avemo-edge info                                models, backends, profile, devices
     avemo-edge eval --model audio --data DIR       accuracy, UAR, macro-F1, confusion
 
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--realtime", action="store_true", help="pace a replay at real time")
     run.add_argument("--overlay", metavar="OUT.mp4", help="write the video with box and label drawn")
     run.add_argument("--pretty", action="store_true", help="human-readable lines instead of JSON")
+    run.add_argument("--serve", metavar="[HOST:]PORT", help="live web view of the stream (default host "
+                     "127.0.0.1; any other host needs the printed token URL)")
     _add_model_args(run)
     info = sub.add_parser("info", help="models, backends, profile and devices found")
     _add_model_args(info)
@@ -109,11 +112,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                        profile=args.profile, backend=args.backend, hop=args.hop,
                        duration=args.duration, realtime=args.realtime,
                        audio_model=None if args.no_audio else args.audio_model,
-                       face_model=args.face_model)
+                       face_model=args.face_model, serve=args.serve)
     results, fused, warned = [], Counter(), set()
     stop_requested = _stop_on_signals()
     try:
         with stream:
+            if stream.server is not None:
+                print(f"avemo-edge: live view at {stream.server.url}", file=sys.stderr, flush=True)
             for result in stream:
                 if stop_requested.is_set():
                     break

@@ -14,6 +14,8 @@ captured so far (samples / 16 kHz, the microphone's clock) live; seconds since s
 there is no audio.
 A camera that dies mid-run leaves the stream running on audio (face null) and reports
 "camera lost" / "camera back" in the result's `events`.
+`serve="8080"` (or "0.0.0.0:8080") also serves a live web view of the results
+(`edge/serve.py`; its address, with the token it needs, is `stream.server.url`).
 """
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ class Stream:
                  audio: str | None = None, video: str | None = None, profile: str | Profile = "x86",
                  backend: str = "auto", hop: float | None = None, duration: float | None = None,
                  audio_model: str | None = "audio", face_model: str | None = "face",
-                 realtime: bool = False, detector=None) -> None:
+                 realtime: bool = False, detector=None, serve: str | int | None = None) -> None:
         live, replay = mic not in (None, False) or camera is not None, audio is not None or video is not None
         if live == replay:
             raise ConfigError("give live sources (mic/camera) or a recording (audio/video file), not both or neither")
@@ -89,6 +91,10 @@ class Stream:
         self.frame_ring = None
         self.mic = self.camera = None
         self._events: list[str] = []
+        self.server = None
+        if serve is not None:
+            from edge.serve import LiveServer
+            self.server = LiveServer(serve, self.profile.serve.max_clients)
 
     # -- setup / teardown -------------------------------------------------------------
     def __enter__(self) -> "Stream":
@@ -99,10 +105,18 @@ class Stream:
         self.close()
 
     def start(self) -> None:
-        if self.replay is not None:
-            if self.replay.video is not None:
-                self._frame_ring(self.replay.video.frame_shape)
-            return
+        if self.replay is None:
+            self._start_live()
+        elif self.replay.video is not None:
+            self._frame_ring(self.replay.video.frame_shape)
+        if self.server is not None:
+            try:
+                self.server.start()
+            except ConfigError:
+                self.close()
+                raise
+
+    def _start_live(self) -> None:
         if self._camera_spec is not None:
             self._start_camera()
         if self.audio_ring is not None:
@@ -124,7 +138,7 @@ class Stream:
         self.camera.start()
 
     def close(self) -> None:
-        for source in (self.mic, self.camera):
+        for source in (self.mic, self.camera, self.server):
             if source is not None:
                 source.stop()
         self.mic = self.camera = None
@@ -165,6 +179,8 @@ class Stream:
     def _finish(self, result: Result) -> Result:
         result.counters = self.counters()
         result.events, self._events = self._events, []
+        if self.server is not None:
+            self.server.publish(result, self.pipeline.frame if self.frame_ring is not None else None)
         return result
 
     def counters(self) -> dict[str, int]:

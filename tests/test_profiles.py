@@ -51,6 +51,7 @@ def test_profile_from_a_path(tmp_path):
     ('scheme = "int8"', 'scheme = "int4"', "quantization.scheme must be"),
     ("hop_s = 0.5", "hop_s = 5.0", "audio.hop_s < audio.ring_s"),
     ("[budget]", "[budgets]", r"unknown sections \['budgets'\]"),
+    ("max_clients = 4", "max_clients = 0", "serve.max_clients must be >= 1"),
     ("[budget]", "[budget", "not a readable TOML profile"),
 ])
 def test_bad_fields_are_named(tmp_path, old, new, message):

@@ -69,6 +69,11 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class Serve:
+    max_clients: int
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     device: Device
@@ -78,6 +83,7 @@ class Profile:
     video: Video
     fusion: Fusion
     budget: Budget
+    serve: Serve
 
 
 def available_profiles() -> list[str]:
@@ -122,6 +128,8 @@ def _check(profile: Profile, where: str) -> Profile:
         raise ConfigError(f"{where}: need video.fps_cap > 0, video.detect_every >= 1, video.ring_frames >= 2")
     if profile.device.threads < 1:
         raise ConfigError(f"{where}: device.threads must be >= 1")
+    if profile.serve.max_clients < 1:
+        raise ConfigError(f"{where}: serve.max_clients must be >= 1")
     return profile
 
 
