@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.errors import ConfigError, MediaError
+from edge.face import FaceDetector
 from edge.pipeline import Pipeline, Result
 from edge.profiles import Profile, load_profile
 from edge.ring import AudioRing, FrameRing
@@ -61,7 +62,7 @@ class Stream:
                  audio: str | None = None, video: str | None = None, profile: str | Profile = "x86",
                  backend: str = "auto", hop: float | None = None, duration: float | None = None,
                  audio_model: str | None = "audio", face_model: str | None = "face",
-                 realtime: bool = False, detector=None) -> None:
+                 realtime: bool = False, detector: str | FaceDetector = "cnn") -> None:
         live, replay = mic not in (None, False) or camera is not None, audio is not None or video is not None
         if live == replay:
             raise ConfigError("give live sources (mic/camera) or a recording (audio/video file), not both or neither")

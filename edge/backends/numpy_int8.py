@@ -713,6 +713,39 @@ def _op_pad(node: _Node, ctx: _Ctx) -> Step:
     return step
 
 
+_RESIZE_EXACT = {("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"), ("pytorch_half_pixel", "round_prefer_floor")}
+"""Nearest-neighbour coordinate modes under which an integer upscale repeats each element."""
+
+
+def _op_resize(node: _Node, ctx: _Ctx) -> Step:
+    """Resize, mode nearest, by integer factors: each element repeated (a feature-pyramid upsample)."""
+    at = node.attrs
+    modes = (at.get("coordinate_transformation_mode", "half_pixel"), at.get("nearest_mode", "round_prefer_floor"))
+    if at.get("mode", "nearest") != "nearest" or modes not in _RESIZE_EXACT:
+        raise BundleError(f"{ctx.path}: {node.label()}: only mode nearest with coordinate modes "
+                          f"{sorted(_RESIZE_EXACT)} is supported, got {at.get('mode', 'nearest')} {modes}")
+    src, scales_name, sizes_name, dst, bufs = node.input(0), node.input(2), node.input(3), node.outputs[0], {}
+    scales = ctx.const(scales_name, node) if scales_name else np.zeros(0)
+    sizes = ctx.const(sizes_name, node) if sizes_name else None
+
+    def step(env: Env) -> None:
+        x = env[src]
+        factors = _resize_factors(x.shape, scales, sizes)
+        y = _buf(bufs, "y", tuple(s * f for s, f in zip(x.shape, factors)), x.dtype)
+        split = [d for s, f in zip(x.shape, factors) for d in (s, f)]
+        np.copyto(y.reshape(split), x.reshape([d for s in x.shape for d in (s, 1)]))
+        env[dst] = y
+    return step
+
+
+def _resize_factors(shape: tuple[int, ...], scales: np.ndarray, sizes: np.ndarray | None) -> list[int]:
+    target = [int(s) for s in sizes] if sizes is not None and sizes.size else \
+        [int(round(n * float(f))) for n, f in zip(shape, scales)]
+    if len(target) != len(shape) or any(t % n for t, n in zip(target, shape)):
+        raise ValueError(f"Resize of shape {list(shape)} to {target}: only integer upscale factors are supported")
+    return [t // n for t, n in zip(target, shape)]
+
+
 def _op_shape(node: _Node, ctx: _Ctx) -> Step:
     src, dst = node.input(0), node.outputs[0]
     start, end = node.attrs.get("start", 0), node.attrs.get("end")
@@ -751,7 +784,7 @@ _OPS: dict[str, Callable[[_Node, _Ctx], Step | None]] = {
     "ReduceMean": _op_reduce(np.mean), "ReduceSum": _op_reduce(np.sum),
     "Reshape": _op_reshape, "Flatten": _op_flatten, "Squeeze": _axes_op(_squeeze),
     "Unsqueeze": _axes_op(_unsqueeze), "Transpose": _op_transpose, "Concat": _op_concat,
-    "Slice": _op_slice, "Pad": _op_pad, "Identity": _op_identity, "Shape": _op_shape, "Gather": _op_gather,
+    "Slice": _op_slice, "Pad": _op_pad, "Resize": _op_resize, "Identity": _op_identity, "Shape": _op_shape, "Gather": _op_gather,
     "QuantizeLinear": _op_quantize, "DequantizeLinear": _op_dequantize,
 }
 SUPPORTED_OPS = frozenset(_OPS)
