@@ -86,11 +86,11 @@ class FfmpegCapture:
         self.release()
         return "end of stream" if code in (0, None) else f"end of stream (ffmpeg exited with code {code})"
 
-    def rss_kb(self) -> int | None:
-        """The child's resident set size (kB), None once it exited."""
+    def rss_kb(self, field: str = "VmRSS") -> int | None:
+        """The child's resident set size (kB; field "VmHWM": its peak), None once it exited."""
         try:
             with open(f"/proc/{self.proc.pid}/status") as f:
-                return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+                return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
         except (OSError, StopIteration):
             return None
 

@@ -262,10 +262,11 @@ class CameraSource:
         self._next_due = max(self._next_due, now - 0.25 * period) + period
         self.ring.write(self._frame, now)
 
-    def child_rss_kb(self) -> int | None:
-        """RSS of the ffmpeg decoder child (kB); None with OpenCV or while disconnected."""
+    def child_rss_kb(self, field: str = "VmRSS") -> int | None:
+        """RSS (or with "VmHWM" peak RSS) of the ffmpeg decoder child, kB; None with OpenCV or
+        while disconnected."""
         cap = self._cap
-        return cap.rss_kb() if isinstance(cap, ffmpeg.FfmpegCapture) else None
+        return cap.rss_kb(field) if isinstance(cap, ffmpeg.FfmpegCapture) else None
 
 
 class VideoFileReader:
