@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.backends import open_session
+from edge.backends import has_payload_for, open_session
 from edge.bundle import Bundle, load_bundle
 from edge.errors import BundleError
 
@@ -85,7 +85,10 @@ class FrameFit:
 
 
 class CnnDetector:
-    """A detector bundle on a backend. `detect(frame) -> [box]`, landmarks in `self.landmarks`."""
+    """A detector bundle on a backend. `detect(frame) -> [box]`, landmarks in `self.landmarks`.
+
+    A backend the bundle has no payload for (LiteRT: the detector ships no .tflite) gives way
+    to the first of `order` that has one."""
 
     def __init__(self, bundle: str | Bundle = DEFAULT_BUNDLE, backend: str = "auto", threads: int = 1,
                  order: tuple[str, ...] = ("onnxruntime", "numpy"),
@@ -98,6 +101,8 @@ class CnnDetector:
         self.score_threshold = spec["score_threshold"] if score_threshold is None else score_threshold
         self.nms_iou = spec["nms_iou"]
         self.side, self.dy = spec["student_box"]["side"], spec["student_box"]["dy"]
+        if backend != "auto" and not has_payload_for(self.bundle, backend):
+            backend, order = "auto", tuple(b for b in order if b != backend)  # e.g. litert: no .tflite
         self.session = open_session(self.bundle, backend=backend, order=order, threads=threads)
         _, _, height, width = self.bundle.input_shape
         self.fit = FrameFit(height, width)

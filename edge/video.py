@@ -362,6 +362,11 @@ class VideoFileReader:
         finally:
             cap.release()
 
+    def decoder_rss_kb(self, field: str = "VmRSS") -> int | None:
+        """RSS (or "VmHWM", peak) of the ffmpeg decoder child, kB; None with OpenCV or when closed."""
+        cap = self._cap
+        return cap.rss_kb(field) if isinstance(cap, ffmpeg.FfmpegCapture) else None
+
     def close(self) -> None:
         if self._cap is not None:
             self._cap.release()

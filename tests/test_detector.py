@@ -145,3 +145,8 @@ def test_numpy_plan_has_tap_depthwise_convs_and_no_relu_steps():
     plan = CnnDetector(backend="numpy").session.interpreter._steps
     assert sum(isinstance(step, _Depthwise) for _, step in plan) >= 10
     assert not [node for node, _ in plan if node.op == "Relu"]
+
+
+def test_a_backend_without_a_detector_payload_falls_back():
+    det = CnnDetector(backend="litert", order=("litert", "numpy"))
+    assert det.session.name == "numpy"

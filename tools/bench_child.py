@@ -132,10 +132,10 @@ def _decoder_mb(kb: int | None) -> float | None:
 def _pipeline(args: argparse.Namespace) -> dict:
     from edge.pipeline import Pipeline
     pipeline = Pipeline(bench_profile(args.profile), args.audio_model, args.face_model, args.backend)
-    media = DemoMedia()
+    media, decoder = DemoMedia(), None
     for _ in replay_hops(pipeline, media, media.seconds):
-        pass
-    return {"decoder_rss_mb": _decoder_mb(media.video._cap.rss_kb("VmHWM"))}
+        decoder = media.video.decoder_rss_kb("VmHWM") or decoder
+    return {"decoder_rss_mb": _decoder_mb(decoder)}
 
 
 def _camera(args: argparse.Namespace) -> dict:
