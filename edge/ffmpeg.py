@@ -57,7 +57,9 @@ class FfmpegCapture:
         h, w = shape[:2]
         scale = (f"scale={w}:{h}:force_original_aspect_ratio=decrease:flags=area,"
                  f"pad={w}:{h}:(ow-iw)/2:(oh-ih)/2:color=black")
-        cmd = [_exe("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", *_input_args(spec, realtime),
+        cmd = [_exe("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error",
+               "-threads", "1", "-filter_threads", "1",  # one decoder thread: demo replay child 66 -> 60 MB
+               *_input_args(spec, realtime),
                "-map", "0:v:0", "-vf", scale, "-fps_mode", "passthrough",  # one output frame per decoded frame
                "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
         self.spec, self.shape, self.timeout_s = spec, tuple(shape), timeout_s

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_child import AUDIO_S, DemoMedia, bench_profile, replay_hops  # noqa: E402
 from bench_peers import PEERS, missing  # noqa: E402
 
-from edge.backends import installed_backends, open_session  # noqa: E402
+from edge.backends import has_payload_for, installed_backends, open_session  # noqa: E402
 from edge.backends.onnxruntime import OrtSession  # noqa: E402
 from edge.bundle import PAYLOADS, Bundle, load_bundle  # noqa: E402
 from edge.errors import AvemoError  # noqa: E402
@@ -336,11 +336,13 @@ def bench_pipeline(models: dict[str, Bundle], profile_name: str, backend: str, s
 
 
 def bench_detectors(reps: Reps) -> dict:
-    """ms per frame of the CNN detector (each installed backend, 1 thread) and of Haar, on the
-    same demo frames in the same run."""
+    """ms per frame of the CNN detector (each installed backend it has a payload for, 1 thread)
+    and of Haar, on the same demo frames in the same run."""
     media = DemoMedia()
     frames = [media.frame.copy() for t in np.arange(0.0, media.seconds, 0.5) if media.frame_at(t)]
-    candidates = {f"cnn ({b})": (lambda b=b: make_detector("cnn", b)) for b in installed_backends()}
+    bundle = load_bundle("face_detector")
+    candidates = {f"cnn ({b})": (lambda b=b: make_detector("cnn", b)) for b in installed_backends()
+                  if has_payload_for(bundle, b)}
     candidates["haar"] = lambda: make_detector("haar")
     out = {}
     for name, make in candidates.items():
