@@ -320,7 +320,8 @@ def bench_pipeline(models: dict[str, Bundle], profile_name: str, backend: str, s
     means = {k: float(np.mean([h.get(k, 0.0) for h in hops])) for k in STAGES}
     face_side = means["face_detect"] + means["crop"] + means["face"]
     return {
-        "backend": pipeline.audio.session.name, "detect_every": profile.video.detect_every, "hop_s": pipeline.hop_s, "window_s": profile.audio.window_s,
+        "backend": pipeline.audio.session.name, "detect_every": profile.video.detect_every,
+        "hop_s": pipeline.hop_s, "window_s": profile.audio.window_s,
         "fps": profile.video.fps_cap, "hops": len(hops), "stream_s": len(hops) * pipeline.hop_s,
         "hop_ms_p50": round(float(np.percentile(totals, 50)), 4),
         "hop_ms_p99": round(float(np.percentile(totals, 99)), 4),
@@ -506,7 +507,8 @@ def _pipeline_table(report: dict) -> list[str]:
                   f"ms mean per hop."]
     lines += ["", "| face detector, one demo frame, 1 thread | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|"]
     lines += [f"| {k} | {_fmt(v.get('p50_ms'))} | {_fmt(v.get('p95_ms'))} | {_fmt(v.get('p99_ms'))} |"
-              if "skipped" not in v else f"| {k} | {v['skipped']} | | |" for k, v in report.get("detectors", {}).items()]
+              if "skipped" not in v else f"| {k} | {v['skipped']} | | |"
+              for k, v in report.get("detectors", {}).items()]
     return lines
 
 

@@ -755,7 +755,8 @@ def _op_pad(node: _Node, ctx: _Ctx) -> Step:
     return step
 
 
-_RESIZE_EXACT = {("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"), ("pytorch_half_pixel", "round_prefer_floor")}
+_RESIZE_EXACT = {("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"),
+                 ("pytorch_half_pixel", "round_prefer_floor")}
 """Nearest-neighbour coordinate modes under which an integer upscale repeats each element."""
 
 
@@ -826,7 +827,8 @@ _OPS: dict[str, Callable[[_Node, _Ctx], Step | None]] = {
     "ReduceMean": _op_reduce(np.mean), "ReduceSum": _op_reduce(np.sum),
     "Reshape": _op_reshape, "Flatten": _op_flatten, "Squeeze": _axes_op(_squeeze),
     "Unsqueeze": _axes_op(_unsqueeze), "Transpose": _op_transpose, "Concat": _op_concat,
-    "Slice": _op_slice, "Pad": _op_pad, "Resize": _op_resize, "Identity": _op_identity, "Shape": _op_shape, "Gather": _op_gather,
+    "Slice": _op_slice, "Pad": _op_pad, "Resize": _op_resize, "Identity": _op_identity, "Shape": _op_shape,
+    "Gather": _op_gather,
     "QuantizeLinear": _op_quantize, "DequantizeLinear": _op_dequantize,
 }
 SUPPORTED_OPS = frozenset(_OPS)
