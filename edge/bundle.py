@@ -57,6 +57,8 @@ class Bundle:
     window_s: float | None
     mirror_average: bool = False
     """Face only: average the answers for the crop and its mirror image (input.mirror_average)."""
+    detector: dict | None = None
+    """Detector only: input.detector (score_threshold, nms_iou)."""
 
     def has_payload(self, kind: str) -> bool:
         return PAYLOADS.get(kind) in self.manifest["files"]
@@ -144,9 +146,11 @@ def _check_fields(path: Path, m: dict) -> None:
         raise bad("labels must be a non-empty list of non-empty strings")
     if len(set(labels)) != len(labels):
         raise bad(f"labels are not unique: {labels}")
-    if m["embedding_dim"] < 1:
+    if not all(isinstance(v, str) for v in m["outputs"].values()):
+        raise bad("outputs must map roles to graph output names (strings)")
+    if m["modality"] != "detector" and m["embedding_dim"] < 1:
         raise bad(f"embedding_dim must be positive, got {m['embedding_dim']}")
-    if not all(isinstance(v, str) for v in m["outputs"].values()) or "logits" not in m["outputs"]:
+    if m["modality"] != "detector" and "logits" not in m["outputs"]:
         raise bad("outputs must map 'logits' (and 'embedding') to graph output names")
     _check_input(m["modality"], m["input"], bad)
 
@@ -170,8 +174,24 @@ def _check_input(modality: str, spec: dict, bad) -> None:
             raise bad(f"a face bundle needs input.shape [1, 1, {face.size}, {face.size}], got {shape}")
         if not isinstance(spec.get("mirror_average", False), bool):
             raise bad(f"input.mirror_average must be true or false, got {spec['mirror_average']!r}")
+    elif modality == "detector":
+        _check_detector(spec, shape, bad)
     else:
-        raise bad(f"modality must be 'audio' or 'face', got {modality!r}")
+        raise bad(f"modality must be 'audio', 'face' or 'detector', got {modality!r}")
+
+
+def _check_detector(spec: dict, shape: list, bad) -> None:
+    """A detector bundle: input [1, 3, H, W] (multiples of 32) and its decoding thresholds."""
+    if len(shape) != 4 or shape[:2] != [1, 3] or any(d <= 0 or d % 32 for d in shape[2:]):
+        raise bad(f"a detector bundle needs input.shape [1, 3, H, W] with H, W multiples of 32, got {shape}")
+    det = spec.get("detector")
+    keys = ("score_threshold", "nms_iou")
+    if not isinstance(det, dict) or not all(isinstance(det.get(k), (int, float)) and 0 < det[k] < 1 for k in keys):
+        raise bad(f"input.detector must give {' and '.join(keys)} between 0 and 1, got {det!r}")
+    box = det.get("student_box")
+    if not isinstance(box, dict) or not all(isinstance(box.get(k), (int, float)) for k in ("side", "dy")) \
+            or not box["side"] > 0:
+        raise bad(f"input.detector.student_box must give side (> 0) and dy, got {box!r}")
 
 
 def _settings(spec: dict, key: str, cls: type, bad) -> Any:
@@ -213,4 +233,5 @@ def _build(folder: Path, m: dict) -> Bundle:
         face=FaceInput.from_dict(spec["face"]) if "face" in spec else None,
         window_s=float(spec["window_s"]) if "window_s" in spec else None,
         mirror_average=m["modality"] == "face" and spec.get("mirror_average", False),
+        detector=dict(spec["detector"]) if m["modality"] == "detector" else None,
     )

@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--audio-model", default="audio", help="bundle path or shipped name (default audio)")
     run.add_argument("--face-model", default="face", help="bundle path or shipped name (default face)")
     run.add_argument("--no-audio", action="store_true", help="ignore the audio of a --video")
+    run.add_argument("--detector", default="cnn", metavar="cnn|haar|PATH",
+                     help="face detector: cnn (the shipped CNN bundle, default), haar (OpenCV), or a detector bundle")
+    run.add_argument("--capture", default="ffmpeg", choices=["ffmpeg", "opencv"],
+                     help="video decoding: an ffmpeg child process (default) or OpenCV in the process")
     run.add_argument("--realtime", action="store_true", help="pace a replay at real time")
     run.add_argument("--overlay", metavar="OUT.mp4", help="write the video with box and label drawn")
     run.add_argument("--pretty", action="store_true", help="human-readable lines instead of JSON")
@@ -112,7 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                        profile=args.profile, backend=args.backend, hop=args.hop,
                        duration=args.duration, realtime=args.realtime,
                        audio_model=None if args.no_audio else args.audio_model,
-                       face_model=args.face_model, serve=args.serve)
+                       face_model=args.face_model, serve=args.serve, detector=args.detector,
+                       capture=args.capture)
     results, fused, warned = [], Counter(), set()
     stop_requested = _stop_on_signals()
     try:

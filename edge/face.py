@@ -1,14 +1,19 @@
 """Face stage: find the largest face, track its box, crop it into the student's input.
 
-In:  a BGR uint8 frame [H, W, 3] (from `FrameRing.read_newest`).
+In:  a BGR (or gray) uint8 frame [H, W, 3] (from `FrameRing.read_newest`).
 Out: `FaceStage.process(frame)` -> the box (x, y, w, h) in frame pixels, or None when no
      face is in view; the crop is written into `FaceStage.input`, a float32
-     [1, 1, S, S] buffer allocated once and overwritten on every call.
+     [1, 1, S, S] buffer allocated once and overwritten on every call. `FaceStage.landmarks`
+     is the box's five landmarks (float32 [5, 2], frame pixels) when the detector gives
+     them (the CNN detector does, Haar does not), else None.
 
 The detector runs every `detect_every` frames; between runs the last box is reused, and a
 box not re-detected for `keep_frames` frames is dropped (the face left the view).
-Detectors sit behind `FaceDetector`; the default is OpenCV's Haar cascade (opencv <5 ships
-it). cv2 is imported lazily: `pip install avemo-edge[capture]`.
+Detectors sit behind `FaceDetector` (`make_detector`): "cnn", the default, is the shipped
+`face_detector` bundle (edge/detector.py) on the pipeline's backends; "haar" is OpenCV's
+Haar cascade (cv2 imported lazily: `pip install avemo-edge[capture]`, opencv <5).
+The crop (gray conversion and resampling, as cv2.cvtColor + cv2.resize INTER_AREA)
+is numpy; its resampling matrix is remade only when the crop's size changes.
 """
 from __future__ import annotations
 
@@ -30,9 +35,22 @@ def _cv2():
     return cv2
 
 
+DETECTORS = ("cnn", "haar")
+"""Detector names `make_detector` takes (besides a detector bundle path)."""
+
+
 class FaceDetector(Protocol):
-    def detect(self, gray: np.ndarray) -> list[Box]:
-        """All faces in a gray uint8 image, as (x, y, w, h) boxes."""
+    def detect(self, frame: np.ndarray) -> list[Box]:
+        """All faces in a BGR or gray uint8 image, as (x, y, w, h) boxes."""
+
+
+def make_detector(name: str = "cnn", backend: str = "auto", threads: int = 1,
+                  order: tuple[str, ...] = ("onnxruntime", "numpy")) -> FaceDetector:
+    """"cnn" (the shipped detector bundle), "haar" (OpenCV), or the path of a detector bundle."""
+    if name == "haar":
+        return HaarDetector()
+    from edge.detector import DEFAULT_BUNDLE, CnnDetector
+    return CnnDetector(DEFAULT_BUNDLE if name == "cnn" else name, backend=backend, threads=threads, order=order)
 
 
 class HaarDetector:
@@ -49,8 +67,9 @@ class HaarDetector:
         self.min_face_fraction = min_face_fraction
         self._small: np.ndarray | None = None
 
-    def detect(self, gray: np.ndarray) -> list[Box]:
+    def detect(self, frame: np.ndarray) -> list[Box]:
         cv2 = _cv2()
+        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         scale = min(1.0, self.work_width / gray.shape[1])
         size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
         if self._small is None or self._small.shape != (size[1], size[0]):
@@ -77,20 +96,67 @@ def square_crop_box(box: Box, frame_shape: tuple[int, ...], margin: float) -> Bo
     return x0, y0, side, side
 
 
+def area_matrix(src: int, dst: int) -> np.ndarray:
+    """float32 [dst, src] resampling weights of cv2.resize INTER_AREA: box averages when
+    shrinking; when enlarging, OpenCV's sharp linear blend (a pixel gets weight from its
+    right neighbour only past the edge of its box)."""
+    m = np.zeros((dst, src), np.float64)
+    if src >= dst:
+        edges = np.arange(dst + 1) * (src / dst)
+        for i in range(dst):
+            lo, hi = edges[i], edges[i + 1]
+            j = np.arange(int(lo), min(src, int(np.ceil(hi))))
+            m[i, j] = np.minimum(j + 1, hi) - np.maximum(j, lo)
+        m /= src / dst
+    else:
+        i = np.arange(dst)
+        j0 = np.floor(i * (src / dst)).astype(int)
+        f = (i + 1) - (j0 + 1) * (dst / src)
+        f = np.where(f <= 0, 0.0, f - np.floor(f))
+        np.add.at(m, (i, j0), 1 - f)
+        np.add.at(m, (i, np.minimum(j0 + 1, src - 1)), f)
+    return m.astype(np.float32)
+
+
 class FaceCropper:
-    """Crop + resize + per-crop standardization into a preallocated [1, 1, S, S] buffer."""
+    """Crop + gray + area resize + per-crop standardization into a preallocated [1, 1, S, S] buffer."""
+
+    GRAY = (0.114, 0.587, 0.299)
+    """B, G, R weights of the gray conversion (ITU-R BT.601, as cv2.COLOR_BGR2GRAY)."""
 
     def __init__(self, spec: FaceInput = FACE) -> None:
         self.spec = spec
         self.input = np.zeros((1, 1, spec.size, spec.size), np.float32)
-        self._gray_crop = np.empty((spec.size, spec.size), np.uint8)
+        self._side = 0
 
-    def crop(self, gray: np.ndarray, box: Box) -> np.ndarray:
-        cv2 = _cv2()
-        x, y, w, h = square_crop_box(box, gray.shape, self.spec.margin)
-        cv2.resize(gray[y:y + h, x:x + w], (self.spec.size, self.spec.size),
-                   dst=self._gray_crop, interpolation=cv2.INTER_AREA)
-        return self.standardize(self._gray_crop)
+    def _resize_buffers(self, side: int) -> None:
+        self._side = side
+        self._matrix = area_matrix(side, self.spec.size)
+        self._gray = np.empty((side, side), np.float32)
+        self._channel = np.empty((side, side), np.float32)
+        self._rows = np.empty((self.spec.size, side), np.float32)
+        self._small = np.empty((self.spec.size, self.spec.size), np.float32)
+
+    def crop(self, frame: np.ndarray, box: Box) -> np.ndarray:
+        """The square crop around `box` (margin from the spec) of a BGR or gray frame, standardized."""
+        x, y, w, h = square_crop_box(box, frame.shape, self.spec.margin)
+        if w != self._side:
+            self._resize_buffers(w)
+        self._to_gray(frame[y:y + h, x:x + w])
+        np.matmul(self._matrix, self._gray, out=self._rows)
+        np.matmul(self._rows, self._matrix.T, out=self._small)
+        np.rint(self._small, out=self._small)  # cv2 gives uint8: the same rounding
+        return self.standardize(self._small)
+
+    def _to_gray(self, region: np.ndarray) -> None:
+        if region.ndim == 2:
+            np.copyto(self._gray, region)
+            return
+        np.multiply(region[..., 0], self.GRAY[0], out=self._gray)
+        for c in (1, 2):
+            np.multiply(region[..., c], self.GRAY[c], out=self._channel)
+            self._gray += self._channel
+        np.rint(self._gray, out=self._gray)
 
     def standardize(self, gray_crop: np.ndarray) -> np.ndarray:
         out = self.input[0, 0]
@@ -115,36 +181,33 @@ class FaceStage:
 
     def __init__(self, detector: FaceDetector | None = None, detect_every: int = 3,
                  keep_frames: int | None = None, spec: FaceInput = FACE) -> None:
-        self.detector = detector if detector is not None else HaarDetector()
+        self.detector = detector if detector is not None else make_detector()
         self.detect_every = detect_every
         self.keep_frames = keep_frames if keep_frames is not None else 2 * detect_every
         self.cropper = FaceCropper(spec)
         self.input = self.cropper.input
         self.box: Box | None = None
+        self.landmarks: np.ndarray | None = None
         self._frames = 0
         self._since_seen = 0
-        self._gray: np.ndarray | None = None
 
-    def _to_gray(self, frame: np.ndarray) -> np.ndarray:
-        if frame.ndim == 2:
-            return frame
-        if self._gray is None or self._gray.shape != frame.shape[:2]:
-            self._gray = np.empty(frame.shape[:2], np.uint8)
-        cv2 = _cv2()
-        return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY, dst=self._gray)
+    def _detect(self, frame: np.ndarray) -> None:
+        boxes = self.detector.detect(frame)
+        found = largest(boxes)
+        if found is not None:
+            self.box, self._since_seen = found, 0
+            marks = getattr(self.detector, "landmarks", None)
+            self.landmarks = marks[boxes.index(found)] if marks else None
 
     def process(self, frame: np.ndarray) -> Box | None:
         """Update the tracked box from this frame and crop it into `self.input`."""
-        gray = self._to_gray(frame)
         if self._frames % self.detect_every == 0:
-            found = largest(self.detector.detect(gray))
-            if found is not None:
-                self.box, self._since_seen = found, 0
+            self._detect(frame)
         self._frames += 1
         self._since_seen += 1
         if self.box is not None and self._since_seen > self.keep_frames:
-            self.box = None
+            self.box = self.landmarks = None
         if self.box is None:
             return None
-        self.cropper.crop(gray, self.box)
+        self.cropper.crop(frame, self.box)
         return self.box

@@ -18,7 +18,7 @@ import numpy as np
 from edge.backends import open_session
 from edge.bundle import Bundle, load_bundle
 from edge.errors import ConfigError, in_range
-from edge.face import FaceStage
+from edge.face import FaceDetector, FaceStage, make_detector
 from edge.features import VoiceGate, window_samples
 from edge.fusion import CommonSpace, Fusion
 from edge.profiles import Profile
@@ -128,7 +128,7 @@ def common_space(audio: Bundle | None, face: Bundle | None, labels: tuple[str, .
 class Pipeline:
     def __init__(self, profile: Profile, audio_model: str | None = "audio",
                  face_model: str | None = "face", backend: str = "auto",
-                 hop_s: float | None = None, detector=None) -> None:
+                 hop_s: float | None = None, detector: str | FaceDetector = "cnn") -> None:
         if audio_model is None and face_model is None:
             raise ConfigError("nothing to run: give an audio model, a face model or both")
         self.profile = profile
@@ -137,7 +137,7 @@ class Pipeline:
         self.audio = Model(load_bundle(audio_model), backend, order, threads) if audio_model else None
         self.face = Model(load_bundle(face_model), backend, order, threads) if face_model else None
         self._setup_audio()
-        self._setup_face(detector)
+        self._setup_face(detector, backend)
         labels = (self.audio.labels if self.audio else (), self.face.labels if self.face else ())
         self.fusion = Fusion(*labels, audio_weight=profile.fusion.audio_weight,
                              face_weight=profile.fusion.face_weight,
@@ -156,10 +156,15 @@ class Pipeline:
         self.gate = VoiceGate(self.window.shape[1], threshold_dbfs=self.profile.audio.vad_dbfs)
         self.min_samples = int(MIN_AUDIO_S * AUDIO.sample_rate)
 
-    def _setup_face(self, detector) -> None:
+    def _setup_face(self, detector: str | FaceDetector, backend: str) -> None:
+        """`detector`: "cnn", "haar", a detector bundle path (make_detector) or a detector object."""
         v = self.profile.video
         self.frame = np.zeros((v.height, v.width, 3), np.uint8)
-        self.face_stage = FaceStage(detector, detect_every=v.detect_every) if self.face else None
+        self.face_stage = None
+        if self.face:
+            if isinstance(detector, str):
+                detector = make_detector(detector, backend, self.profile.device.threads, self.profile.runtime.backends)
+            self.face_stage = FaceStage(detector, detect_every=v.detect_every)
         self.max_frame_age_s = max(1.0, 2.0 * self.hop_s)
 
     def use_frame_shape(self, shape: tuple[int, int, int]) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.errors import ConfigError, MediaError, in_range
+from edge.face import FaceDetector
 from edge.pipeline import Pipeline, Result, check_hop
 from edge.profiles import Profile, load_profile
 from edge.ring import AudioRing, FrameRing
@@ -52,10 +53,10 @@ class Replay:
         return max(audio_s, video_s)
 
 
-def _replay(audio: str | None, video: str | None) -> Replay:
+def _replay(audio: str | None, video: str | None, capture: str) -> Replay:
     from edge.audio import read_audio, read_video_audio
     from edge.video import VideoFileReader
-    reader = VideoFileReader(video) if video else None
+    reader = VideoFileReader(video, capture) if video else None
     wave = read_audio(audio) if audio else (read_video_audio(video) if video else None)
     if wave is not None and len(wave) == 0:
         raise MediaError(f"{audio or video}: no audio samples")
@@ -69,7 +70,8 @@ class Stream:
                  audio: str | None = None, video: str | None = None, profile: str | Profile = "x86",
                  backend: str = "auto", hop: float | None = None, duration: float | None = None,
                  audio_model: str | None = "audio", face_model: str | None = "face",
-                 realtime: bool = False, detector=None, serve: str | int | None = None) -> None:
+                 realtime: bool = False, detector: str | FaceDetector = "cnn",
+                 capture: str = "ffmpeg", serve: str | int | None = None) -> None:
         live, replay = mic not in (None, False) or camera is not None, audio is not None or video is not None
         if live == replay:
             raise ConfigError("give live sources (mic/camera) or a recording (audio/video file), not both or neither")
@@ -81,7 +83,8 @@ class Stream:
             if isinstance(device, int) and not isinstance(device, bool):
                 in_range(f"{name} (--{name}) index", device, 0, MAX_DEVICE_INDEX, whole=True)
         self.realtime = realtime or live
-        self.replay = _replay(audio, video) if replay else None
+        self.capture = capture
+        self.replay = _replay(audio, video, capture) if replay else None
         has_audio = (self.replay.wave is not None) if replay else mic not in (None, False)
         has_video = (self.replay.video is not None) if replay else camera is not None
         self.pipeline = Pipeline(self.profile, audio_model if has_audio else None,
@@ -134,7 +137,7 @@ class Stream:
         from edge.video import CameraSource
         v = self.profile.video
         ring = self._frame_ring((v.height, v.width, 3))
-        self.camera = CameraSource(ring, self._camera_spec, fps_cap=v.fps_cap)
+        self.camera = CameraSource(ring, self._camera_spec, fps_cap=v.fps_cap, capture=self.capture)
         self.camera.start()
 
     def close(self) -> None:

@@ -112,6 +112,22 @@ def _pools() -> nn.Module:
                                 nn.ReLU(), nn.AvgPool2d(3, 2, 1, count_include_pad=True), nn.MaxPool2d(2, 1)), 8)
 
 
+class Upsampled(nn.Module):
+    """A feature-pyramid join (the face detector's): coarse features upsampled 2x (Resize,
+    nearest) and added to finer ones, then a sigmoid gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fine = nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU())
+        self.coarse = nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU())
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fine = self.fine(x)
+        joined = fine + self.up(self.coarse(fine))
+        return joined * torch.sigmoid(joined)
+
+
 def _gemm() -> nn.Module:
     return nn.Sequential(nn.Linear(32, 24), nn.ReLU(), Head(24, 5))
 
@@ -125,6 +141,7 @@ MODELS = {
     "conv1d": (_conv1d, (1, 4, 40), {}),
     "pools": (_pools, (1, 1, 24, 24), {}),
     "gemm": (_gemm, (1, 32), {}),
+    "upsample": (lambda: Pooled(Upsampled(), 8), (1, 1, 24, 24), {}),
     "frontend": (FrontEndNet, (1, 3200), {"exclude_prefix": "/frontend/", "dynamic_time_axis": True, "scale": 0.1}),
 }
 OTHER_LENGTHS = {"frontend": (1600, 4800)}

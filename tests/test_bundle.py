@@ -119,7 +119,7 @@ def test_labels_not_unique(copy):
 @pytest.mark.parametrize("fields, problem", [
     ({"labels": []}, "labels must be a non-empty list"),
     ({"embedding_dim": "16"}, "field 'embedding_dim' must be int"),
-    ({"modality": "smell"}, "modality must be 'audio' or 'face'"),
+    ({"modality": "smell"}, "modality must be 'audio', 'face' or 'detector'"),
     ({"modality": "audio"}, "input.frontend is missing"),
     ({"input": {"name": "face", "shape": [1, 1, 64, 64], "face": {"size": 48}}}, r"needs input.shape \[1, 1, 48, 48\]"),
     ({"outputs": {"embedding": "embedding"}}, "outputs must map 'logits'"),

@@ -83,3 +83,15 @@ def test_batch_standardize_matches_the_live_cropper():
     for i in range(3):
         assert np.allclose(cropper.standardize(crops[i])[0, 0], batch[i], atol=1e-5)
     assert np.isfinite(batch).all()
+
+
+@pytest.mark.parametrize("side", [119, 48, 30])
+def test_numpy_crop_matches_cv2(portrait, side):
+    """The crop is numpy (no cv2 in the default pipeline) and matches cv2.cvtColor + INTER_AREA
+    resize (also when enlarging) within 0.05 standard deviations per pixel."""
+    box = (170, 60, side, side)
+    ours = FaceCropper().crop(portrait, box).copy()
+    x, y, w, h = square_crop_box(box, portrait.shape, 0.1)
+    gray = cv2.cvtColor(portrait, cv2.COLOR_BGR2GRAY)[y:y + h, x:x + w]
+    ref = FaceCropper().standardize(cv2.resize(gray, (48, 48), interpolation=cv2.INTER_AREA))
+    assert np.abs(ours - ref).max() < 0.05

@@ -153,3 +153,22 @@ def test_list_cameras_reports_openable_indices():
     assert isinstance(cams, list)
     for cam in cams:
         assert set(cam) == {"index", "width", "height", "fps"} and cam["width"] > 0
+
+
+def test_default_replay_run_never_imports_cv2():
+    """A default `run` (ffmpeg child for the frames, the CNN detector, numpy crop) keeps OpenCV
+    out of the process; `--capture opencv --detector haar` still uses it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    demo = Path(__file__).resolve().parents[1] / "edge" / "assets" / "demo.mp4"
+    code = ("import sys, runpy; sys.argv = ['avemo-edge', 'run', '--video', sys.argv[1], '--duration', '2'{}]\n"
+            "try:\n    runpy.run_module('edge.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('cv2 imported' if 'cv2' in sys.modules else 'no cv2', file=sys.stderr)")
+    default = subprocess.run([sys.executable, "-c", code.format(""), str(demo)], capture_output=True, text=True,
+                             timeout=120)
+    assert default.returncode == 0 and default.stderr.splitlines()[-1] == "no cv2", default.stderr
+    assert '"box"' in default.stdout
+    opencv = subprocess.run([sys.executable, "-c", code.format(", '--capture', 'opencv', '--detector', 'haar'"),
+                             str(demo)], capture_output=True, text=True, timeout=120)
+    assert opencv.stderr.splitlines()[-1] == "cv2 imported", opencv.stderr

@@ -134,12 +134,13 @@ def test_wheel_and_sdist_carry_the_shipped_models(dist):
     if not (shipped("audio") and shipped("face")):
         pytest.skip("edge/models/{audio,face} are not trained/shipped yet: nothing to package")
     in_wheel, in_sdist = _members(dist)
-    for name in ("audio", "face"):
+    for name in ("audio", "face", "face_detector"):
         manifest = json.loads((REPO / "edge" / "models" / name / "manifest.json").read_text())
         expected = {f"edge/models/{name}/{f}" for f in ("manifest.json", *manifest["files"])}
         assert expected <= in_wheel, f"missing from the wheel: {sorted(expected - in_wheel)}"
         assert expected <= in_sdist, f"missing from the sdist: {sorted(expected - in_sdist)}"
-        assert set(BUNDLE_FILES) <= {f.rsplit("/", 1)[1] for f in expected}
+        assert name == "face_detector" or set(BUNDLE_FILES) <= {f.rsplit("/", 1)[1] for f in expected}
+    assert {"edge/models/face_detector/LICENSE.txt", "edge/models/face_detector/SOURCE.txt"} <= in_wheel
 
 
 def _run_lines(stdout: str) -> list[dict]:
@@ -195,4 +196,4 @@ def test_installed_extras_capture_and_ort(venv, package, base_info, dist, bundle
     assert any(h["audio"] and h["audio"]["label"] for h in hops)
     hops = _run_lines(_sh([cli, "run", "--video", str(package / "assets" / "demo.mp4"), "--no-audio",
                            "--face-model", bundles["face"], "--duration", "2"], tmp_path).stdout)
-    assert any(h["face"] and h["face"]["box"] for h in hops), "the Haar cascade of the [capture] extra found no face"
+    assert any(h["face"] and h["face"]["box"] for h in hops), "the CNN face detector found no face"

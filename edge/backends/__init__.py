@@ -46,6 +46,11 @@ def open_session(bundle: Bundle, backend: str = "auto", threads: int = 1,
     return module.load(bundle, threads=threads)
 
 
+def has_payload_for(bundle: Bundle, backend: str) -> bool:
+    """Whether `bundle` has a payload the named backend can run."""
+    return any(bundle.has_payload(k) for k in _PAYLOADS.get(backend, ()))
+
+
 def _pick(bundle: Bundle, order: Sequence[str]) -> str:
     unknown = [n for n in order if n not in REGISTRY]
     if unknown:

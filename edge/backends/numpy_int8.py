@@ -17,9 +17,14 @@ and integer steps multiply it as is; when such a QuantizeLinear alone reads an i
 step's output, its divide/round/saturate joins that step's epilogue. Pools take one ufunc
 per kernel offset over strided views.
 
+Float depthwise convolutions are tap sums over strided views (no im2col) and a Relu that
+alone reads a float Conv runs in its epilogue.
+
 Every step keeps its activation buffers: after the first run with a given input shape,
 runs reuse them (out= everywhere numpy allows, conv as im2col into a kept buffer + matmul
-out=), so memory stays flat over any number of runs. Buffers are per step and never shared.
+out=), so memory stays flat over any number of runs. Buffers are per step, except the
+padded input and tap product of depthwise steps, which live only while the step runs and
+are shared (one per shape).
 A session sets numpy's OpenBLAS pool to `threads` for each run and restores it after.
 """
 from __future__ import annotations
@@ -95,6 +100,7 @@ class _Ctx:
     qacts: dict[str, _QAct] = field(default_factory=dict)
     qweights: dict[str, _QWeight] = field(default_factory=dict)
     centered: set[str] = field(default_factory=set)  # outputs of centered QuantizeLinear steps
+    scratch: dict = field(default_factory=dict)  # buffers a step uses only while it runs, shared (_Depthwise)
 
     def const(self, name: str, node: _Node) -> np.ndarray:
         if name not in self.consts:
@@ -376,6 +382,7 @@ class _Epilogue:
     mult: np.ndarray | None
     bias: np.ndarray | None
     clip: tuple[float, float] | None = None
+    relu: bool = False  # a float Conv's Relu, fused by _fuse_relu
 
     def __call__(self, bufs: dict, acc: np.ndarray) -> np.ndarray:
         y = acc if acc.dtype == np.float32 else _buf(bufs, "y", acc.shape)
@@ -385,6 +392,8 @@ class _Epilogue:
             np.copyto(y, acc, casting="unsafe")
         if self.bias is not None:
             np.add(y, self.bias, out=y)
+        if self.relu:
+            np.maximum(y, 0.0, out=y)
         if self.clip is not None:
             np.rint(y, out=y)
             _clip(y, *self.clip, y)
@@ -456,6 +465,34 @@ class _Conv:
         return _ConvBuffers(key, padded, inner, view, cols, (n, g, w.shape[2], -1), acc, (n, g * w.shape[1]) + out)
 
 
+@dataclass
+class _Depthwise:
+    """A float depthwise Conv (one input channel per output channel) as a weighted sum of
+    kernel taps over strided views of the padded input: no im2col buffer (9x the input
+    for a 3x3 kernel), and one multiply-add pass per tap."""
+
+    src: str
+    dst: str
+    window: _Window
+    taps_w: list[np.ndarray]  # per kernel offset, the weights [C, 1, ..., 1]
+    epilogue: _Epilogue
+    scratch: dict  # the padded input and the tap product live here, shared by every _Depthwise
+    bufs: dict = field(default_factory=dict)
+
+    def __call__(self, env: Env) -> None:
+        x = env[self.src]
+        key = (x.shape, tuple(self.window.pads))  # same key, same padded geometry: the border stays 0
+        padded, _ = _pad_into(self.scratch.setdefault(key, {}), x, self.window.pads, 0.0, np.float32)
+        taps = self.window.taps(padded)
+        y = _buf(self.bufs, "acc", taps[0].shape)
+        tmp = _buf(self.scratch.setdefault(taps[0].shape, {}), "tap", taps[0].shape)
+        np.multiply(taps[0], self.taps_w[0], out=y)
+        for view, w in zip(taps[1:], self.taps_w[1:]):
+            np.multiply(view, w, out=tmp)
+            y += tmp
+        env[self.dst] = self.epilogue(self.bufs, y)
+
+
 def _int_dtype(w: np.ndarray, max_abs_x: float, axis_k: int):
     """float32 while every integer dot product stays below 2**24 (exact in sgemm), else float64."""
     bound = float(np.abs(w).sum(axis=axis_k).max()) * max_abs_x
@@ -472,6 +509,11 @@ def _op_conv(node: _Node, ctx: _Ctx) -> Step:
     bias = None if bias is None else bias.reshape(shape_m)
     qa, qw = ctx.qacts.get(x), ctx.qweights.get(w_name)
     if qa is None or qw is None or (qw.scale.size > 1 and qw.axis != 0):
+        if group > 1 and w.shape[0] == group and w.shape[1] == 1:
+            taps = w.reshape(group, -1).T.astype(np.float32)
+            shape = (group,) + (1,) * (w.ndim - 2)
+            return _Depthwise(x, node.outputs[0], window, [t.reshape(shape) for t in taps], _Epilogue(None, bias),
+                              ctx.scratch)
         mat = w.reshape(group, w.shape[0] // group, -1).astype(np.float32)
         return _Conv(x, node.outputs[0], window, mat, None, _Epilogue(None, bias))
     wi = (qw.q.astype(np.float64) - _along(qw.zero, 0, w.ndim)).reshape(w.shape[0], -1)
@@ -713,6 +755,40 @@ def _op_pad(node: _Node, ctx: _Ctx) -> Step:
     return step
 
 
+_RESIZE_EXACT = {("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"),
+                 ("pytorch_half_pixel", "round_prefer_floor")}
+"""Nearest-neighbour coordinate modes under which an integer upscale repeats each element."""
+
+
+def _op_resize(node: _Node, ctx: _Ctx) -> Step:
+    """Resize, mode nearest, by integer factors: each element repeated (a feature-pyramid upsample)."""
+    at = node.attrs
+    modes = (at.get("coordinate_transformation_mode", "half_pixel"), at.get("nearest_mode", "round_prefer_floor"))
+    if at.get("mode", "nearest") != "nearest" or modes not in _RESIZE_EXACT:
+        raise BundleError(f"{ctx.path}: {node.label()}: only mode nearest with coordinate modes "
+                          f"{sorted(_RESIZE_EXACT)} is supported, got {at.get('mode', 'nearest')} {modes}")
+    src, scales_name, sizes_name, dst, bufs = node.input(0), node.input(2), node.input(3), node.outputs[0], {}
+    scales = ctx.const(scales_name, node) if scales_name else np.zeros(0)
+    sizes = ctx.const(sizes_name, node) if sizes_name else None
+
+    def step(env: Env) -> None:
+        x = env[src]
+        factors = _resize_factors(x.shape, scales, sizes)
+        y = _buf(bufs, "y", tuple(s * f for s, f in zip(x.shape, factors)), x.dtype)
+        split = [d for s, f in zip(x.shape, factors) for d in (s, f)]
+        np.copyto(y.reshape(split), x.reshape([d for s in x.shape for d in (s, 1)]))
+        env[dst] = y
+    return step
+
+
+def _resize_factors(shape: tuple[int, ...], scales: np.ndarray, sizes: np.ndarray | None) -> list[int]:
+    target = [int(s) for s in sizes] if sizes is not None and sizes.size else \
+        [int(round(n * float(f))) for n, f in zip(shape, scales)]
+    if len(target) != len(shape) or any(t % n for t, n in zip(target, shape)):
+        raise ValueError(f"Resize of shape {list(shape)} to {target}: only integer upscale factors are supported")
+    return [t // n for t, n in zip(target, shape)]
+
+
 def _op_shape(node: _Node, ctx: _Ctx) -> Step:
     src, dst = node.input(0), node.outputs[0]
     start, end = node.attrs.get("start", 0), node.attrs.get("end")
@@ -751,7 +827,8 @@ _OPS: dict[str, Callable[[_Node, _Ctx], Step | None]] = {
     "ReduceMean": _op_reduce(np.mean), "ReduceMax": _op_reduce(np.max), "ReduceSum": _op_reduce(np.sum),
     "Reshape": _op_reshape, "Flatten": _op_flatten, "Squeeze": _axes_op(_squeeze),
     "Unsqueeze": _axes_op(_unsqueeze), "Transpose": _op_transpose, "Concat": _op_concat,
-    "Slice": _op_slice, "Pad": _op_pad, "Identity": _op_identity, "Shape": _op_shape, "Gather": _op_gather,
+    "Slice": _op_slice, "Pad": _op_pad, "Resize": _op_resize, "Identity": _op_identity, "Shape": _op_shape,
+    "Gather": _op_gather,
     "QuantizeLinear": _op_quantize, "DequantizeLinear": _op_dequantize,
 }
 SUPPORTED_OPS = frozenset(_OPS)
@@ -836,7 +913,23 @@ def _plan(graph: dict, ctx: _Ctx) -> list[_Entry]:
             step(ctx.consts)  # constant folding: the outputs become constants
         elif step is not None:
             plan.append(_Entry(node, step, _reads(node, ctx, step), list(node.outputs)))
-    return _fuse_quantize(plan, ctx)
+    return _fuse_quantize(_fuse_relu(plan, ctx), ctx)
+
+
+def _fuse_relu(plan: list[_Entry], ctx: _Ctx) -> list[_Entry]:
+    """Fold each Relu into the float Conv that alone feeds it (the epilogue clamps in place)."""
+    producers = {name: e for e in plan for name in e.writes}
+    kept = []
+    for e in plan:
+        src = e.node.input(0)
+        p = producers.get(src) if e.node.op == "Relu" else None
+        if p is not None and isinstance(p.step, (_Conv, _Depthwise)) and getattr(p.step, "zero", None) is None \
+                and len(ctx.readers[src]) == 1 and src not in ctx.outputs:
+            p.step.epilogue.relu = True
+            p.step.dst, p.writes = e.node.outputs[0], [e.node.outputs[0]]
+        else:
+            kept.append(e)
+    return kept
 
 
 def _reads(node: _Node, ctx: _Ctx, step: Step) -> set[str]:
