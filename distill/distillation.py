@@ -8,7 +8,10 @@ Out: `fit` -> the student (eval mode) at the epoch with the best validation UAR 
      checkpoint file makes the run resumable. `predict` -> probabilities [N, C] (audio: mean
      over WINDOW_S windows hopped by 0.5 s; face: one crop).
 
-Loss = CE(labels, class weights (1/count)**balance, label smoothing)
+Loss = (1 - soft) * CE(labels, class weights (1/count)**balance, label smoothing)
+     + soft * CE(crowd label distribution)      (FitConfig.soft; FER+ votes for FER2013)
+     - hgr * SoftHGR(embedding, label_embedding(label distribution))   (a teacher's common
+       space, FitConfig.hgr; models with a label_embedding)
      + alpha * kd_loss(student logits, teacher logits, T) + beta * MSE(student embedding,
        teacher HGR embedding) / mean(teacher embedding^2)   (a scale-free regression; the
        last two terms only when teacher targets are given and kd is on)
@@ -34,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.losses import kd_loss, soft_hgr
 from distill.qat import FakeQuant, agreement_loss
 from edge.metrics import classification_report
 from edge.features import window_samples
@@ -76,6 +80,12 @@ class FitConfig:
     """Audio: share of the crops that get noise."""
     gain_db: float = 10.0
     """Audio: random gain range (+-dB)."""
+    soft: float = 0.0
+    """Weight of the cross-entropy against the crowd label distributions (Arrays.soft); the
+    original labels' cross-entropy gets 1 - soft."""
+    hgr: float = 0.0
+    """Weight of the Soft-HGR term between the embedding and the model's label embedding of the
+    item's label distribution (a teacher's common space; models with `label_embedding`)."""
 
 
 @dataclass
@@ -87,6 +97,8 @@ class Arrays:
     lengths: np.ndarray | None = None
     teacher_logits: np.ndarray | None = None
     teacher_emb: np.ndarray | None = None
+    soft: np.ndarray | None = None
+    """Crowd label distributions [N, C] (FER+ votes for FER2013 faces), if any."""
     meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -210,16 +222,25 @@ def class_weights(y: np.ndarray, n_classes: int, power: float = 1.0) -> torch.Te
 
 def student_loss(logits: torch.Tensor, emb: torch.Tensor, y: torch.Tensor, data: Arrays,
                  idx: np.ndarray, weights: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
-    """CE + alpha * KD + beta * embedding MSE (module docstring)."""
+    """CE (original and crowd labels) + alpha * KD + beta * embedding MSE (module docstring)."""
     loss = F.cross_entropy(logits, y, weight=weights, label_smoothing=cfg.label_smoothing)
+    if cfg.soft > 0 and data.soft is not None:
+        crowd = -(torch.from_numpy(data.soft[idx]) * F.log_softmax(logits, 1)).sum(1).mean()
+        loss = (1 - cfg.soft) * loss + cfg.soft * crowd
     if cfg.kd and data.teacher_logits is not None:
-        from distill.losses import kd_loss
         t_logits = torch.from_numpy(data.teacher_logits[idx])
         loss = loss + cfg.alpha * kd_loss(logits, t_logits, cfg.temperature)
     if cfg.kd and data.teacher_emb is not None:
         target = torch.from_numpy(data.teacher_emb[idx])
         loss = loss + cfg.beta * F.mse_loss(emb, target) / target.pow(2).mean().clamp_min(1e-6)
     return loss
+
+
+def label_distribution(data: Arrays, idx: np.ndarray, n_labels: int) -> torch.Tensor:
+    """The items' crowd label distributions, else their labels one-hot, [B, C]."""
+    if data.soft is not None:
+        return torch.from_numpy(data.soft[idx])
+    return F.one_hot(torch.from_numpy(data.y[idx]), n_labels).float()
 
 
 def batcher(data: Arrays) -> Callable[[Arrays, np.ndarray, np.random.Generator, FitConfig], torch.Tensor]:
@@ -239,6 +260,8 @@ def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
         masks = torch.get_rng_state() if quant is not None else None
         logits, emb = model(x)
         loss = student_loss(logits, emb, torch.from_numpy(data.y[idx]), data, idx, weights, cfg)
+        if cfg.hgr > 0:
+            loss = loss - cfg.hgr * soft_hgr(emb, model.label_embedding(label_distribution(data, idx, len(weights))))
         if quant is not None:
             torch.set_rng_state(masks)  # the same dropout and SpecAugment masks in both passes
             with quant.enabled():

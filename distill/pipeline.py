@@ -7,8 +7,10 @@ With no --data, a procedural audio-visual corpus (distill/data/synthetic.py) is 
 under OUT/synthetic and used for every stage, so the chain runs on a fresh machine in a few
 minutes. With --data pointing at the shared corpora folder, the teacher's audio branch
 trains on RAVDESS speech and its visual branch on FER2013 (label-matched cross-corpus pairs
-feed the audio-visual HGR term), and the students train on the same corpora with the fixed
-splits of distill/ship.py. Outputs: OUT/teacher (checkpoint, logs), OUT/students
+feed the audio-visual HGR term), the audio recipe is cross-validated over actors
+(distill/crossval.py, scored through edge's eval: the figures the audio manifest carries), and
+the students train on the same corpora with the fixed splits of distill/ship.py (the audio
+student on all 20 actors). Every stage resumes when the command is run again. Outputs: OUT/teacher (checkpoint, logs), OUT/crossval (folds, summaries), OUT/students
 (<modality>.pt/.json), OUT/models/{audio,face} (bundles, the --target's quantization) and
 OUT/quantized-<target>/ (what `make quantize` writes). The shipped models in edge/models are
 never overwritten by this command: copy a bundle there on purpose.
@@ -19,7 +21,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from distill import quantize, ship, train
+from distill import crossval, quantize, ship, train
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -47,11 +49,20 @@ def run(out: Path, data: Path | None, epochs: int | None, target: str, threads: 
         teacher_args.append("--pair-cross-corpus")
     if epochs:
         teacher_args += ["--epochs", str(epochs)]
-    train.main(teacher_args)
+    train.main(teacher_args + (["--resume"] if (teacher_out / "last.pt").is_file() else []))
+    epoch_args = ["--epochs", str(epochs)] if epochs else []
+    corpus_args = ["--with-emodb"] if ship.AUDIO_WITH_EMODB and (root / "emodb_2s").is_dir() else []
+    crossval_dir = None
+    if ship.has_shared_corpus("audio", root):
+        crossval_dir = out / "crossval"
+        crossval.main(["--data", str(root), "--out", str(crossval_dir), "--score", "--target", target,
+                       *corpus_args, *epoch_args])
     student_args = ["--data", str(root), "--out", str(out / "students"), "--teacher",
-                    str(teacher_out / "teacher.pt"), "--threads", str(threads)]
-    ship.students_main(student_args + (["--epochs", str(epochs)] if epochs else []))
-    ship.export_all(out / "students", root, out / "models", target)
+                    str(teacher_out / "teacher.pt"), "--threads", str(threads), *corpus_args]
+    for modality in ("audio", "face"):  # a finished student is kept, a stopped one resumes from its .ckpt
+        if not (out / "students" / f"{modality}.json").is_file():
+            ship.students_main(student_args + ["--modality", modality] + epoch_args)
+    ship.export_all(out / "students", root, out / "models", target, crossval_dir)
     quantize.main(["--target", target, "--models", str(out / "models"), "--out", str(out / f"quantized-{target}"),
                    "--data", str(root)])
     return out / "models"

@@ -50,6 +50,9 @@ CALIBRATION_ACTORS = ("Actor_17", "Actor_18")
 FER_TEST, FER_VAL = 0.10, 0.05
 TRIM_DB = 40.0
 """Leading/trailing hops quieter than peak - TRIM_DB are cut (an offline VAD)."""
+AUDIO_WITH_EMODB = True
+"""The shipped audio recipe trains on EmoDB as a second corpus (chosen by cross-validation and
+leave-one-corpus-out, docs/students.md)."""
 AUDIO_CFG = FitConfig(epochs=60, batch=32, lr=3e-3, label_smoothing=0.1)
 FACE_CFG = FitConfig(epochs=14, batch=128, lr=4e-3, weight_decay=1e-3, balance=0.5)
 
@@ -139,10 +142,34 @@ def fer_items(root: Path, seed: int = 0) -> dict[str, list]:
 
 
 def face_arrays(items: list, labels: list[str] = FACE_LABELS) -> Arrays:
-    """Gray crops float32 [N, 1, S, S] on 0..255 and label indices."""
+    """Gray crops float32 [N, 1, S, S] on 0..255, label indices and, for FER2013 faces, the
+    FER+ vote distributions (`soft`) with the not-a-face mask in meta."""
     from distill.data.cache import load_faces
+    from distill.data.ferplus import vote_targets
     faces = load_faces(items, cache_dir=None).astype(np.float32)[:, None]
-    return Arrays(x=faces, y=np.array([labels.index(it.label) for it in items], np.int64))
+    votes = vote_targets(items, labels)
+    soft, not_a_face = votes if votes is not None else (None, np.zeros(len(items), bool))
+    return Arrays(x=faces, y=np.array([labels.index(it.label) for it in items], np.int64), soft=soft,
+                  meta={"not_a_face": not_a_face})
+
+
+def without_non_faces(data: Arrays) -> Arrays:
+    """The split minus the images the FER+ crowd called "not a face"."""
+    keep = ~data.meta.get("not_a_face", np.zeros(len(data), bool))
+    if keep.all():
+        return data
+    return replace(data, x=data.x[keep], y=data.y[keep], soft=None if data.soft is None else data.soft[keep],
+                   meta={**data.meta, "not_a_face": np.zeros(int(keep.sum()), bool)})
+
+
+def crowd_majority(data: Arrays) -> Arrays | None:
+    """The split relabelled with the FER+ majority vote (faces with a tie, no vote or a
+    not-a-face majority left out), or None without votes: the second truth to report."""
+    if data.soft is None:
+        return None
+    top = np.sort(data.soft, axis=1)
+    keep = (top[:, -1] > top[:, -2]) & ~data.meta["not_a_face"]
+    return replace(data, x=data.x[keep], y=data.soft[keep].argmax(1), soft=data.soft[keep], meta={})
 
 
 SHARED_CORPUS = {"audio": "ravdess_speech", "face": "fer2013"}
@@ -203,8 +230,9 @@ def teacher_targets(teacher_path: str | None, data: Arrays, modality: str, label
     return replace(data, teacher_logits=logits, teacher_emb=emb)
 
 
-def build(modality: str, n_labels: int) -> torch.nn.Module:
-    return AudioStudent(n_labels) if modality == "audio" else FaceStudent(n_labels)
+def build(modality: str, n_labels: int, arch: dict | None = None) -> torch.nn.Module:
+    """A student (or, with `arch` such as {"width": 2.0, "hgr": True}, the face teacher)."""
+    return AudioStudent(n_labels, **(arch or {})) if modality == "audio" else FaceStudent(n_labels, **(arch or {}))
 
 
 def load_splits(modality: str, root: Path, cache: Path, teacher: str | None = None) -> tuple[dict[str, Arrays], list[str]]:
@@ -243,13 +271,17 @@ def held_out_reports(model: torch.nn.Module, splits: dict[str, Arrays], labels: 
     """Validation and test reports where those splits are held out (not for an all-speaker
     audio model), and EmoDB's when it was not trained on."""
     reports = {k: evaluate(model, splits[k], labels) for k in ("val", "test") if "test" in splits}
+    for k in ("val", "test"):
+        majority = crowd_majority(splits[k]) if k in splits else None
+        if majority is not None:
+            reports[f"{k}_ferplus_majority"] = evaluate(model, majority, labels)
     if "emodb" in splits:
         reports["emodb"] = emodb_from_probs(predict(model, splits["emodb"]), splits["emodb"])
     return reports
 
 
 def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | None,
-          init: str | None = None, with_emodb: bool = False) -> dict:
+          init: str | None = None, with_emodb: bool = False, arch: dict | None = None) -> dict:
     """Train one student, save `<modality>.pt` and `<modality>.json` (history, reports) in `out`.
     Without a test split (the all-speaker audio model) it trains for cfg.epochs and keeps the
     last epoch; else it keeps the epoch with the best validation UAR. `out/<modality>.ckpt`
@@ -258,19 +290,19 @@ def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | N
     splits, labels = load_splits(modality, root, out.parent / "cache", teacher)
     if with_emodb:
         splits["train"] = concat(splits["train"], splits.pop("emodb"))
-    splits["train"] = teacher_targets(teacher, splits["train"], modality, labels)
+    splits["train"] = teacher_targets(teacher, without_non_faces(splits["train"]), modality, labels)
     torch.manual_seed(cfg.seed)
-    model = load_student(Path(init)) if init else build(modality, len(labels))
+    model = load_student(Path(init)) if init else build(modality, len(labels), arch)
     checkpoint = out / f"{modality}.ckpt"
     model, history = fit(model, splits["train"], splits["val"] if "test" in splits else None, labels, cfg,
                          _LOGGER.info, checkpoint=checkpoint)
     checkpoint.unlink(missing_ok=True)
     result = {"modality": modality, "labels": labels, "params": count_params(model),
               "config": asdict(cfg), "teacher": teacher if cfg.kd else None, "history": history,
-              "init": init, "with_emodb": with_emodb,
+              "init": init, "with_emodb": with_emodb, "arch": arch or {},
               "sizes": {k: len(v) for k, v in splits.items()},
               "reports": held_out_reports(model, splits, labels)}
-    torch.save({"state_dict": model.state_dict(), "labels": labels}, out / f"{modality}.pt")
+    torch.save({"state_dict": model.state_dict(), "labels": labels, "arch": arch or {}}, out / f"{modality}.pt")
     (out / f"{modality}.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -278,7 +310,7 @@ def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | N
 def load_student(path: Path, modality: str | None = None) -> torch.nn.Module:
     """A student saved by `train` (modality from the file name unless given), eval mode."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = build(modality or path.stem, len(ckpt["labels"]))
+    model = build(modality or path.stem, len(ckpt["labels"]), ckpt.get("arch"))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 
@@ -524,12 +556,21 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qat", type=float, default=0.0,
                    help="weight of the float-vs-fake-int8 agreement loss (quantization-aware fine-tuning)")
     p.add_argument("--with-emodb", action="store_true", help="audio: train on EmoDB too (second corpus)")
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (the face teacher: 2)")
+    p.add_argument("--hgr", type=float, default=0.0,
+                   help="weight of the Soft-HGR term between the embedding and a learned label embedding")
+    p.add_argument("--soft", type=float, default=0.0, help="face: weight of the FER+ crowd-vote cross-entropy")
 
 
 def _config(modality: str, args: argparse.Namespace) -> FitConfig:
     base = AUDIO_CFG if modality == "audio" else FACE_CFG
     return replace(base, epochs=args.epochs or base.epochs, seed=args.seed, kd=not args.no_kd,
-                   max_minutes=args.max_minutes, lr=args.lr or base.lr, qat=args.qat)
+                   max_minutes=args.max_minutes, lr=args.lr or base.lr, qat=args.qat, hgr=args.hgr, soft=args.soft)
+
+
+def _arch(args: argparse.Namespace) -> dict:
+    arch = {"width": args.width} if args.width != 1.0 else {}
+    return {**arch, "hgr": True} if args.hgr > 0 else arch
 
 
 def students_main(argv: list[str] | None = None) -> int:
@@ -541,8 +582,10 @@ def students_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     for modality in ("audio", "face") if args.modality == "both" else (args.modality,):
+        if modality == "audio" and _arch(args):
+            p.error("--width and --hgr build the face teacher: use them with --modality face")
         result = train(modality, data_root(args.data), Path(args.out), _config(modality, args), args.teacher,
-                       args.init, args.with_emodb and modality == "audio")
+                       args.init, args.with_emodb and modality == "audio", _arch(args))
         _LOGGER.info("%s test %s", modality, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
     return 0
 

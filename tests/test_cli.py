@@ -202,6 +202,28 @@ def test_eval_audio_maps_and_reports_unknown_labels(bundles, tmp_path):
     assert "boredom" in p.stdout
 
 
+def test_eval_answers_an_audio_file_the_way_run_does(bundles, tmp_path):
+    """An audio item's answer is the mean of the probabilities `run --audio` prints on its
+    voiced hops; noise gets no answer (counted as an error in the "none" column); --json lists items."""
+    from media import noise, write_wav
+    shutil.copy(DEMO_WAV, tmp_path / "talk.wav")
+    write_wav(tmp_path / "hiss.wav", noise("white", 3.0, -20.0), 16000)
+    (tmp_path / "labels.csv").write_text("path,label\ntalk.wav,happy\nhiss.wav,sad\n")
+    p = run("eval", "--model", bundles["audio"], "--data", tmp_path, "--json", tmp_path / "r.json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    talk, hiss = report["items"]
+    assert hiss["predicted"] is None and hiss["probs"] is None and report["no_answer"] == 1
+    assert report["labels"][-1] == "none" and report["confusion"][report["labels"].index("sad")][-1] == 1
+    hops = [json.loads(line) for line in run("run", "--audio", tmp_path / "talk.wav", "--audio-model",
+                                             bundles["audio"]).stdout.splitlines()]
+    voiced = [h["audio"]["probs"] for h in hops if h["audio"]["voiced"]]
+    assert voiced and talk["truth"] == "happy" and talk["path"].endswith("talk.wav")
+    for label, p_eval in talk["probs"].items():
+        assert p_eval == pytest.approx(np.mean([v[label] for v in voiced]), abs=2e-4)
+    assert talk["predicted"] == max(talk["probs"], key=talk["probs"].get)
+
+
 @pytest.mark.parametrize("table,message", [
     ("file,emotion\na.wav,happy\n", "missing columns ['label', 'path']"),
     ("path,label\na.wav,happy\n", "row 2: missing file 'a.wav'"),
@@ -217,7 +239,8 @@ def test_eval_rejects_a_bad_labels_csv(bundles, tmp_path, table, message):
 def test_eval_on_a_real_corpus_folder(bundles):
     p = run("eval", "--model", bundles["audio"], "--data", SHARED_DATA / "emodb_2s", "--limit", "20")
     assert p.returncode == 0, p.stderr
-    assert "n=" in p.stdout
+    n = int(p.stdout.split("n=")[1].split()[0])
+    assert 15 <= n <= 20   # the first 20 rows minus boredom
 
 
 def test_console_script_is_installed():

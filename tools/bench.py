@@ -127,7 +127,7 @@ def find_models(args: argparse.Namespace) -> dict[str, Bundle]:
 
 
 def model_inputs(bundle: Bundle, window_s: float) -> dict[str, np.ndarray]:
-    """Input label -> array: audio 1 s and the profile's window; face one crop."""
+    """Input label -> array: audio 1 s and the bundle's window; face one crop."""
     rng = np.random.default_rng(0)
     if bundle.modality == "face":
         return {f"{bundle.input_shape[-1]}px": rng.standard_normal(bundle.input_shape).astype(np.float32)}

@@ -132,22 +132,29 @@ class InvertedResidual(nn.Module):
 
 
 class FaceStudent(nn.Module):
-    """Gray face crop [B, 1, S, S] -> (logits, embedding) (module docstring)."""
+    """Gray face crop [B, 1, S, S] -> (logits, embedding) (module docstring).
+
+    `width` scales every channel count (the face teacher is this net at width 2); `hgr` adds
+    `label_embedding`, a Linear from label distributions to the common space, which the
+    Soft-HGR term correlates with the face embedding during training (never exported)."""
 
     def __init__(self, n_labels: int = 7, blocks: tuple = FACE_BLOCKS, stem: int = 32,
-                 stem_stride: int = 2,
-                 head: int = FACE_HEAD, dropout: float = 0.2) -> None:
+                 stem_stride: int = 2, head: int = FACE_HEAD, dropout: float = 0.2,
+                 width: float = 1.0, hgr: bool = False) -> None:
         super().__init__()
-        layers: list[nn.Module] = [conv_bn(1, stem, 3, stem_stride, act=nn.ReLU6)]
-        cin = stem
+        wide = lambda c: int(round(c * width))  # noqa: E731
+        layers: list[nn.Module] = [conv_bn(1, wide(stem), 3, stem_stride, act=nn.ReLU6)]
+        cin = wide(stem)
         for t, c, n, s in blocks:
             for i in range(n):
-                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
-                cin = c
+                layers.append(InvertedResidual(cin, wide(c), s if i == 0 else 1, t))
+                cin = wide(c)
+        head = wide(head)
         layers.append(conv_bn(cin, head, 1, act=nn.ReLU6))
         self.body = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = EmbeddingHead(head, n_labels, dropout)
+        self.label_embedding = nn.Linear(n_labels, EMBEDDING_DIM, bias=False) if hgr else None
 
     def forward(self, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.pool(self.body(face)).flatten(1))
