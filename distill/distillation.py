@@ -248,15 +248,17 @@ def batcher(data: Arrays) -> Callable[[Arrays, np.ndarray, np.random.Generator, 
 
 
 def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
-                sched: torch.optim.lr_scheduler.LRScheduler, cfg: FitConfig,
-                rng: np.random.Generator, weights: torch.Tensor, quant: FakeQuant | None = None) -> float:
+                sched: torch.optim.lr_scheduler.LRScheduler, cfg: FitConfig, state: "TrainState",
+                weights: torch.Tensor, quant: FakeQuant | None = None,
+                tick: Callable[[], None] = lambda: None) -> float:
+    """One epoch over `state.order` from batch `state.step` on (a resumed epoch continues where
+    it stopped); `tick()` runs after every step (the checkpoint clock). Returns the mean loss."""
     model.train()
     make = batcher(data)
-    order = rng.permutation(len(data))
-    total = 0.0
-    for start in range(0, len(order) - cfg.batch + 1, cfg.batch):
-        idx = np.sort(order[start:start + cfg.batch])
-        x = make(data, idx, rng, cfg)
+    starts = range(0, len(state.order) - cfg.batch + 1, cfg.batch)
+    for start in starts[state.step:]:
+        idx = np.sort(state.order[start:start + cfg.batch])
+        x = make(data, idx, state.rng, cfg)
         masks = torch.get_rng_state() if quant is not None else None
         logits, emb = model(x)
         loss = student_loss(logits, emb, torch.from_numpy(data.y[idx]), data, idx, weights, cfg)
@@ -270,8 +272,9 @@ def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
         loss.backward()
         opt.step()
         sched.step()
-        total += loss.item() * len(idx)
-    return total / max(1, len(order))
+        state.step, state.loss_sum = state.step + 1, state.loss_sum + loss.item() * len(idx)
+        tick()
+    return state.loss_sum / max(1, len(state.order))
 
 
 @torch.no_grad()
@@ -300,7 +303,8 @@ def fit(model: nn.Module, train: Arrays, val: Arrays | None, labels: list[str], 
         log: Callable[[str], None] = print, checkpoint: Path | None = None) -> tuple[nn.Module, list[dict]]:
     """Train `model` on `train`; with `val`, keep the epoch with the best validation UAR, without
     it the last epoch (a fixed epoch count). With `checkpoint`, the whole training state is saved
-    there every CHECKPOINT_S and at the end, and a run started again resumes from it."""
+    there every CHECKPOINT_S (also inside an epoch) and at the end, and a run started again
+    resumes from it, to the same weights as a run never stopped."""
     torch.manual_seed(cfg.seed)
     steps = max(1, len(train) // cfg.batch) * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -309,12 +313,21 @@ def fit(model: nn.Module, train: Arrays, val: Arrays | None, labels: list[str], 
     state = TrainState(rng=np.random.default_rng(cfg.seed))
     if checkpoint is not None and checkpoint.is_file():
         state = resume(checkpoint, model, opt, sched)
-        log(f"resumed {checkpoint} after epoch {state.epoch}")
+        log(f"resumed {checkpoint} at epoch {state.epoch + 1}, step {state.step}")
     weights = class_weights(train.y, len(labels), cfg.balance)
     quant = FakeQuant(model) if cfg.qat > 0 else None
-    t0, saved = time.time() - state.minutes * 60, time.time()
+    t0, saved = time.time() - state.minutes * 60, [time.time()]
+
+    def tick(force: bool = False) -> None:
+        if checkpoint is not None and (force or time.time() - saved[0] > CHECKPOINT_S):
+            state.minutes = (time.time() - t0) / 60
+            save_state(checkpoint, state, model, opt, sched)
+            saved[0] = time.time()
+
     for epoch in range(state.epoch, cfg.epochs):
-        loss = train_epoch(model, train, opt, sched, cfg, state.rng, weights, quant)
+        if state.order is None:
+            state.order, state.step, state.loss_sum = state.rng.permutation(len(train)), 0, 0.0
+        loss = train_epoch(model, train, opt, sched, cfg, state, weights, quant, tick)
         entry = {"epoch": epoch + 1, "loss": loss, "minutes": (time.time() - t0) / 60}
         if val is not None:
             report = evaluate(model, val, labels)
@@ -322,15 +335,14 @@ def fit(model: nn.Module, train: Arrays, val: Arrays | None, labels: list[str], 
             if report["uar"] > state.best:
                 state.best, state.best_state = report["uar"], {k: v.clone() for k, v in model.state_dict().items()}
         state.history.append(entry)
-        state.epoch, state.minutes = epoch + 1, entry["minutes"]
+        state.epoch, state.order = epoch + 1, None
         log(f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f}" + (
             f" val UAR {entry['val_uar']:.4f} acc {entry['val_accuracy']:.4f}" if val is not None else "")
             + f" ({entry['minutes']:.1f} min)")
-        if checkpoint is not None and (time.time() - saved > CHECKPOINT_S or state.epoch == cfg.epochs):
-            save_state(checkpoint, state, model, opt, sched)
-            saved = time.time()
+        tick(force=state.epoch == cfg.epochs)
         if entry["minutes"] > cfg.max_minutes:
             log(f"stopping: {cfg.max_minutes} min budget reached")
+            tick(force=True)
             break
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
@@ -349,6 +361,12 @@ class TrainState:
 
     rng: np.random.Generator
     epoch: int = 0
+    """Epochs finished."""
+    order: np.ndarray | None = None
+    """The running epoch's item order (None between epochs)."""
+    step: int = 0
+    """Batches of the running epoch done."""
+    loss_sum: float = 0.0
     minutes: float = 0.0
     best: float = -1.0
     best_state: dict | None = None
@@ -362,8 +380,9 @@ def save_state(path: Path, state: TrainState, model: nn.Module, opt: torch.optim
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "torch_rng": torch.get_rng_state(), "rng": state.rng.bit_generator.state,
-                "epoch": state.epoch, "minutes": state.minutes, "best": state.best,
-                "best_state": state.best_state, "history": state.history}, tmp)
+                "epoch": state.epoch, "order": state.order, "step": state.step, "loss_sum": state.loss_sum,
+                "minutes": state.minutes, "best": state.best, "best_state": state.best_state,
+                "history": state.history}, tmp)
     os.replace(tmp, path)
 
 
@@ -377,7 +396,8 @@ def resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
     torch.set_rng_state(ckpt["torch_rng"])
     rng = np.random.default_rng()
     rng.bit_generator.state = ckpt["rng"]
-    return TrainState(rng=rng, epoch=ckpt["epoch"], minutes=ckpt["minutes"], best=ckpt["best"],
+    return TrainState(rng=rng, epoch=ckpt["epoch"], order=ckpt["order"], step=ckpt["step"],
+                      loss_sum=ckpt["loss_sum"], minutes=ckpt["minutes"], best=ckpt["best"],
                       best_state=ckpt["best_state"], history=ckpt["history"])
 
 

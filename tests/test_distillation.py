@@ -111,23 +111,38 @@ def test_tiny_face_fit_with_teacher_targets_runs():
     assert len(history) == 2 and np.isfinite(history[-1]["loss"])
 
 
-def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    """Stop after one epoch (checkpoint each epoch), run the same call again: the result equals
-    an uninterrupted run bit for bit (model, optimizer, schedule and both RNGs were saved)."""
+class Killed(Exception):
+    """Stands for the process being killed right after a checkpoint was written."""
+
+
+@pytest.mark.parametrize("kill_after_saves", [1, 3])   # 2 steps per epoch: 1 = inside epoch 1, 3 = after it
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch, kill_after_saves):
+    """Checkpoint after every step, kill the run after some checkpoint (between or inside
+    epochs), run the same call again: the result equals an uninterrupted run bit for bit
+    (model, optimizer, schedule, both RNGs and the epoch's order and position were saved)."""
     torch.set_num_threads(1)
     monkeypatch.setattr(distillation, "CHECKPOINT_S", 0.0)
     train = tone_corpus(16, 3)
     cfg = FitConfig(epochs=3, batch=8, seed=1)
 
-    def run(cfg: FitConfig, checkpoint=None):
+    def run(checkpoint=None):
         torch.manual_seed(5)
         return fit(AudioStudent(n_labels=2, channels=(8, 16)), train, None, LABELS, cfg, lambda s: None, checkpoint)
 
-    whole, _ = run(cfg)
-    ckpt = tmp_path / "run.ckpt"
-    _, first = run(FitConfig(**{**cfg.__dict__, "max_minutes": -1.0}), ckpt)
-    assert len(first) == 1 and ckpt.is_file()
-    resumed, history = run(cfg, ckpt)
+    whole, _ = run()
+    ckpt, save, saves = tmp_path / "run.ckpt", distillation.save_state, []
+
+    def save_then_die(*args):
+        save(*args)
+        saves.append(1)
+        if len(saves) == kill_after_saves:
+            raise Killed
+
+    monkeypatch.setattr(distillation, "save_state", save_then_die)
+    with pytest.raises(Killed):
+        run(ckpt)
+    monkeypatch.setattr(distillation, "save_state", save)
+    resumed, history = run(ckpt)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
