@@ -11,6 +11,8 @@ pytest.importorskip("torch")
 from conftest import DEMO_VIDEO  # noqa: E402
 from edge.bundle import load_bundle  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 def test_synthetic_chain_end_to_end(tmp_path):
     out = tmp_path / "run"
@@ -25,7 +27,7 @@ def test_synthetic_chain_end_to_end(tmp_path):
         test = metrics["test_int8"]  # the headline: the int8 payload on never-seen speakers
         confusion = np.array(test["confusion"])
         support = confusion.sum(axis=1)
-        assert test["n"] == confusion.sum() > 0 and test["labels"] == list(bundle.labels)
+        assert test["n"] == confusion.sum() > 0 and set(bundle.labels) <= set(test["labels"])
         recall = np.diag(confusion)[support > 0] / support[support > 0]
         assert metrics["uar"] == test["uar"] == pytest.approx(recall.mean())
         assert "synthetic" in bundle.manifest["provenance"]["trained_on"]
