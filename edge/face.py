@@ -119,7 +119,10 @@ def area_matrix(src: int, dst: int) -> np.ndarray:
 
 
 class FaceCropper:
-    """Crop + gray + area resize + per-crop standardization into a preallocated [1, 1, S, S] buffer."""
+    """Crop + gray + area resize + per-crop standardization into a preallocated [1, 1, S, S] buffer.
+
+    `small` (float32 [S, S], allocated once, overwritten by each `crop`) keeps the last crop
+    before standardization: integer gray values 0..255, what training caches as uint8."""
 
     GRAY = (0.114, 0.587, 0.299)
     """B, G, R weights of the gray conversion (ITU-R BT.601, as cv2.COLOR_BGR2GRAY)."""
@@ -127,6 +130,7 @@ class FaceCropper:
     def __init__(self, spec: FaceInput = FACE) -> None:
         self.spec = spec
         self.input = np.zeros((1, 1, spec.size, spec.size), np.float32)
+        self.small = np.zeros((spec.size, spec.size), np.float32)
         self._side = 0
 
     def _resize_buffers(self, side: int) -> None:
@@ -135,7 +139,6 @@ class FaceCropper:
         self._gray = np.empty((side, side), np.float32)
         self._channel = np.empty((side, side), np.float32)
         self._rows = np.empty((self.spec.size, side), np.float32)
-        self._small = np.empty((self.spec.size, self.spec.size), np.float32)
 
     def crop(self, frame: np.ndarray, box: Box) -> np.ndarray:
         """The square crop around `box` (margin from the spec) of a BGR or gray frame, standardized."""
@@ -144,9 +147,9 @@ class FaceCropper:
             self._resize_buffers(w)
         self._to_gray(frame[y:y + h, x:x + w])
         np.matmul(self._matrix, self._gray, out=self._rows)
-        np.matmul(self._rows, self._matrix.T, out=self._small)
-        np.rint(self._small, out=self._small)  # cv2 gives uint8: the same rounding
-        return self.standardize(self._small)
+        np.matmul(self._rows, self._matrix.T, out=self.small)
+        np.rint(self.small, out=self.small)  # cv2 gives uint8: the same rounding
+        return self.standardize(self.small)
 
     def _to_gray(self, region: np.ndarray) -> None:
         if region.ndim == 2:

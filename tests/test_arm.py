@@ -99,6 +99,7 @@ def test_fixed_inputs_are_lossless_files_with_labels(tmp_path):
     assert (out / "speech.wav").read_bytes() == (REPO / "edge" / "assets" / "demo.wav").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="compares aarch64 under qemu with an x86-64 host")
 def test_aarch64_under_qemu_agrees_with_x86(bundles, tmp_path):
     missing = [t for t in ("qemu-aarch64-static", "debootstrap") if shutil.which(t) is None]

@@ -270,6 +270,7 @@ def _best_correlation(recorded: np.ndarray, ref: np.ndarray) -> float:
     return float(xc.max() / (np.linalg.norm(ref) ** 2))
 
 
+@pytest.mark.slow
 def test_mic_records_the_virtual_microphone(tmp_path):
     pytest.importorskip("sounddevice")
     need("espeak-ng")
@@ -286,6 +287,7 @@ def test_mic_records_the_virtual_microphone(tmp_path):
     assert _best_correlation(recorded, ref) > 0.9  # the same speech came through, at 16 kHz
 
 
+@pytest.mark.slow
 def test_mic_counts_overflows_and_bad_blocks_without_crashing(tmp_path):
     """PulseAudio's ALSA plugin never reports overflows (the server buffers), so the live
     stream gets PortAudio's own overflow flag and a malformed block injected into its callback."""

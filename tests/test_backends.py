@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime")
 from torch import nn  # noqa: E402
 
 import edge.backends as backends  # noqa: E402
-from edge.backends import litert, numpy_int8, onnxruntime as ort_backend  # noqa: E402
+from edge.backends import litert, numpy_int8, numpy_ops, onnxruntime as ort_backend  # noqa: E402
 from edge.backends.numpy_int8 import NumpyInterpreter  # noqa: E402
 from edge.backends.onnxruntime import OrtSession  # noqa: E402
 from edge.bundle import load_bundle, write_manifest  # noqa: E402
@@ -51,9 +51,11 @@ class Pooled(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    def __init__(self, c: int, gate: type[nn.Module]) -> None:
+    """A sigmoid gate broadcast over the feature map (Sigmoid, as the detector, and broadcast Mul)."""
+
+    def __init__(self, c: int) -> None:
         super().__init__()
-        self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, 4, 1), nn.ReLU(), nn.Conv2d(4, c, 1), gate())
+        self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, 4, 1), nn.ReLU(), nn.Conv2d(4, c, 1), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.fc(x)
@@ -92,13 +94,8 @@ def _depthwise() -> nn.Module:
                                 nn.Conv2d(8, 16, 1), nn.ReLU6()), 16)
 
 
-def _squeeze_excite(gate: type[nn.Module]) -> nn.Module:
-    return Pooled(nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), SqueezeExcite(8, gate)), 8)
-
-
-def _hard_swish() -> nn.Module:
-    return Pooled(nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.Hardswish(), nn.Conv2d(8, 8, 3, 1, 2, dilation=2),
-                                nn.Hardswish()), 8)
+def _squeeze_excite() -> nn.Module:
+    return Pooled(nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), SqueezeExcite(8)), 8)
 
 
 def _conv1d() -> nn.Module:
@@ -135,9 +132,7 @@ def _gemm() -> nn.Module:
 MODELS = {
     "conv2d": (_conv_stack, (1, 1, 24, 24), {}),
     "depthwise": (_depthwise, (1, 1, 24, 24), {}),
-    "se_sigmoid": (lambda: _squeeze_excite(nn.Sigmoid), (1, 1, 24, 24), {}),
-    "se_hardsigmoid": (lambda: _squeeze_excite(nn.Hardsigmoid), (1, 1, 24, 24), {}),
-    "hardswish": (_hard_swish, (1, 1, 24, 24), {}),
+    "se_sigmoid": (_squeeze_excite, (1, 1, 24, 24), {}),
     "conv1d": (_conv1d, (1, 4, 40), {}),
     "pools": (_pools, (1, 1, 24, 24), {}),
     "gemm": (_gemm, (1, 32), {}),
@@ -206,8 +201,8 @@ def test_integer_path_is_planned(model_case):
     """Every quantized Conv/Gemm/MatMul runs as an integer step (not dequantize-then-float)."""
     name, _, _, paths = model_case
     steps = [s for _, s in NumpyInterpreter(paths["npz"])._steps]
-    convs = [s for s in steps if isinstance(s, numpy_int8._Conv)]
-    dense = [s for s in steps if isinstance(s, numpy_int8._Dense)]
+    convs = [s for s in steps if isinstance(s, numpy_ops.ConvStep)]
+    dense = [s for s in steps if isinstance(s, numpy_ops.DenseStep)]
     assert all(c.zero is not None for c in convs)
     assert sum(d.weights is not None for d in dense) >= 2  # the head's two Gemms
     assert all(d.weights is not None for d in dense) or name == "frontend"  # front-end MatMuls stay float
@@ -218,8 +213,8 @@ def test_requantization_is_fused(model_case):
     and quantized activations stay as q - zero (float32) wherever only DequantizeLinears read them."""
     _, _, _, paths = model_case
     steps = [s for _, s in NumpyInterpreter(paths["npz"])._steps]
-    integer = [s for s in steps if isinstance(s, (numpy_int8._Conv, numpy_int8._Dense)) and s.zero is not None]
-    quantizers = [s for s in steps if isinstance(s, numpy_int8._Quantize)]
+    integer = [s for s in steps if isinstance(s, (numpy_ops.ConvStep, numpy_ops.DenseStep)) and s.zero is not None]
+    quantizers = [s for s in steps if isinstance(s, numpy_ops.QuantizeStep)]
     assert integer and all(s.epilogue.clip is not None for s in integer)
     assert not {q.src for q in quantizers} & {s.dst for s in integer}
     assert quantizers and all(q.centered for q in quantizers)

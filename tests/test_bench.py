@@ -45,6 +45,7 @@ def _ordered(entry: dict) -> bool:
     return entry["p50_ms"] <= entry["p95_ms"] <= entry["p99_ms"]
 
 
+@pytest.mark.slow
 def test_quick_run_writes_json_with_required_keys(quick_run, models):
     report, _ = quick_run
     assert {"machine", "models", "pipeline", "peers", "rss", "goals", "ratios"} <= set(report)
@@ -71,6 +72,7 @@ def test_quick_run_writes_json_with_required_keys(quick_run, models):
     assert hop_goal["measured"] == round(report["models"]["audio"]["numpy"]["p50_ms"] + calls * face_numpy, 4)
 
 
+@pytest.mark.slow
 def test_peers_are_timed_or_skipped_with_an_install_hint(quick_run):
     report, _ = quick_run
     assert {"fer_tflite", "haar", "mfcc_svm", "egemaps_svm"} == set(report["peers"])
@@ -81,6 +83,7 @@ def test_peers_are_timed_or_skipped_with_an_install_hint(quick_run):
             assert _ordered(entry) and entry["rss_mb"] > 0
 
 
+@pytest.mark.slow
 def test_rss_is_measured_in_fresh_processes(quick_run):
     report, _ = quick_run
     rss = report["rss"]
@@ -88,6 +91,7 @@ def test_rss_is_measured_in_fresh_processes(quick_run):
     assert rss["numpy: both models"] > 0
 
 
+@pytest.mark.slow
 def test_plot_and_markdown_are_written(quick_run):
     _, out = quick_run
     assert (out / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

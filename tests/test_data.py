@@ -11,8 +11,11 @@ sf = pytest.importorskip("soundfile")
 cv2 = pytest.importorskip("cv2")
 
 from distill.data import CorpusError, Item, load_corpus, read_split, speaker_folds, split_by_speaker, write_split  # noqa: E402
-from distill.data.cache import load_face_clips, load_faces, load_waveforms  # noqa: E402
-from distill.data.media import decode_audio, resample  # noqa: E402
+from distill.data.cache import decode_audio, load_face_clips, load_faces, load_waveforms  # noqa: E402
+from edge.audio import read_audio  # noqa: E402
+from edge.face import FaceStage, make_detector, standardize_crops  # noqa: E402
+from edge.video import VideoFileReader  # noqa: E402
+from media import face_video, need  # noqa: E402
 from edge.errors import AvemoError, MediaError  # noqa: E402
 
 DATA = Path(os.environ.get("AVEMO_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -145,14 +148,14 @@ def test_speaker_folds_deterministic_disjoint(tmp_path):
         read_split(tmp_path / "bad.json")
 
 
-def test_resample_keeps_frequency():
-    rate = 44100
-    t = np.arange(rate) / rate
-    out = resample(np.sin(2 * np.pi * 440.0 * t), rate, SR)
-    assert len(out) == SR and out.dtype == np.float32
-    assert np.argmax(np.abs(np.fft.rfft(out))) == 440
-    ref = np.sin(2 * np.pi * 440.0 * np.arange(SR) / SR)
-    assert np.max(np.abs(out[100:-100] - ref[100:-100])) < 1e-3
+def test_decode_is_edges_read_audio_exactly(tmp_path):
+    """Training hears what the runtime hears: same decoder, same polyphase resampler, via the cache."""
+    path = _wav(tmp_path / "a.wav", seconds=0.3, rate=44100)
+    item = Item(label="sad", speaker="s", corpus="t", audio=str(path))
+    edge_wave = read_audio(path)
+    np.testing.assert_array_equal(decode_audio(path), edge_wave)
+    for _ in range(2):  # decoded, then read back from the cache
+        np.testing.assert_array_equal(load_waveforms([item], cache_dir=tmp_path / "cache")[0], edge_wave)
 
 
 def test_decode_errors_name_the_file(tmp_path):
@@ -180,12 +183,26 @@ def test_cache_decodes_once_and_tracks_content(tmp_path):
 
 
 def test_faces_from_images_and_video(tmp_path):
+    need("ffmpeg", "ffprobe")
     img = Item(label="sad", speaker="s", corpus="t", image=str(_png(tmp_path / "f.png", value=77, size=40)))
     vid = Item(label="sad", speaker="s", corpus="t", video=str(_avi(tmp_path / "v.avi")))
     faces = load_faces([img, vid], size=32, cache_dir=tmp_path / "cache")
     assert faces.shape == (2, 32, 32) and faces.dtype == np.uint8 and faces[0].mean() == 77
     clips = load_face_clips([img, vid], frames=3, size=32, cache_dir=tmp_path / "cache")
     assert clips.shape == (2, 3, 32, 32) and clips[1, 0].mean() < clips[1, 2].mean()
+
+
+def test_video_face_crop_is_the_runtime_face_stage_input(tmp_path):
+    """Training sees what the runtime sees: edge's frame decode, CNN detector and crop."""
+    need("ffmpeg", "ffprobe")
+    path = face_video(tmp_path / "face.mp4", seconds=1.0)
+    clip = load_face_clips([Item(label="sad", speaker="s", corpus="t", video=str(path))], frames=1, cache_dir=None)[0]
+    with VideoFileReader(path) as reader:
+        frame = [f for _, f in reader][reader.n_frames // 2]
+    stage = FaceStage(make_detector("cnn"), detect_every=1)
+    assert stage.process(frame) is not None  # the crop is the detector's box, not the centred fallback
+    np.testing.assert_array_equal(clip[0], stage.cropper.small)
+    np.testing.assert_allclose(standardize_crops(clip)[0], stage.input[0, 0], rtol=0, atol=1e-5)
 
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared corpora not present")

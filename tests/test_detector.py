@@ -141,9 +141,9 @@ def test_cli_detector_choice(tmp_path):
 def test_numpy_plan_has_tap_depthwise_convs_and_no_relu_steps():
     """Float depthwise convs run as tap sums (no 9x im2col buffer) and every Relu is fused
     into its Conv: what keeps the detector at ~10 ms and ~18 MB of buffers in numpy."""
-    from edge.backends.numpy_int8 import _Depthwise
+    from edge.backends.numpy_ops import DepthwiseStep
     plan = CnnDetector(backend="numpy").session.interpreter._steps
-    assert sum(isinstance(step, _Depthwise) for _, step in plan) >= 10
+    assert sum(isinstance(step, DepthwiseStep) for _, step in plan) >= 10
     assert not [node for node, _ in plan if node.op == "Relu"]
 
 

@@ -83,6 +83,7 @@ def test_kd_terms_only_with_teacher_and_kd():
     assert float(with_kd) > float(plain) + 0.5       # the embedding MSE alone is ~2
 
 
+@pytest.mark.slow
 def test_tiny_audio_fit_learns_and_keeps_best_epoch():
     torch.set_num_threads(1)
     train, val = tone_corpus(48, 1), tone_corpus(8, 2)

@@ -1,3 +1,4 @@
+import math
 import time
 
 import numpy as np
@@ -34,6 +35,55 @@ def test_log_mel_peaks_at_the_tone():
     peak = int(np.argmax(spec.mean(0)))
     centre_bin = np.argmax(mel_filterbank()[:, peak])
     assert abs(centre_bin * sr / AUDIO.n_fft - 1000) < 150
+
+
+GOLDEN_FRAME_1 = [  # reference_log_mel(golden_signal())[1], computed once with the reference below
+    -7.2180, -6.4539, -5.3725, -3.9030, -0.2370, 5.6388, 7.2570, 6.5382, 2.1884, -3.3294, -5.9117,
+    -7.4038, -8.8324, -10.1457, -11.2820, -11.0393, -9.3823, -7.1741, -3.1679, 5.1782, 6.0431, 0.3281,
+    -6.3460, -9.1879, -10.9479, -12.2116, -13.0060, -13.4443, -13.6415, -13.7317, -13.7737, -13.7935, -13.8036,
+    2.4202, 2.5456, -13.8134, -13.8143, -13.8149, -13.8152, -13.8154]
+
+
+def golden_signal() -> np.ndarray:
+    """Three hops of three tones (440, 1870 and 5200 Hz)."""
+    n = np.arange(3 * 160)
+    return (0.5 * np.sin(2 * np.pi * 440.0 * n / 16000) + 0.25 * np.sin(2 * np.pi * 1870.0 * n / 16000 + 0.3)
+            + 0.05 * np.sin(2 * np.pi * 5200.0 * n / 16000)).astype(np.float32)
+
+
+def reference_log_mel(x: np.ndarray) -> np.ndarray:
+    """The front end written out from its definition, sharing no code with edge.features: 16 kHz,
+    frames of 320 samples every 160, periodic Hann, power |rfft|^2, 40 triangular HTK mel
+    bands 40-8000 Hz (unnormalized), natural log of band power + 1e-6. float64 [frames, 40]."""
+    sr, hop, n_fft, n_mels, fmin, fmax = 16000, 160, 320, 40, 40.0, 8000.0
+    mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)  # noqa: E731
+    hz = lambda m: 700.0 * (10.0 ** (m / 2595.0) - 1.0)  # noqa: E731
+    edges = [hz(mel(fmin) + (mel(fmax) - mel(fmin)) * i / (n_mels + 1)) for i in range(n_mels + 2)]
+    window = [0.5 - 0.5 * math.cos(2 * math.pi * i / n_fft) for i in range(n_fft)]
+    rows = []
+    for start in range(0, len(x) - n_fft + 1, hop):
+        power = [abs(c) ** 2 for c in np.fft.rfft([float(x[start + i]) * window[i] for i in range(n_fft)])]
+        row = []
+        for lo, mid, hi in zip(edges, edges[1:], edges[2:]):
+            total = 0.0
+            for b, p in enumerate(power):
+                f = b * sr / n_fft
+                total += p * ((f - lo) / (mid - lo) if lo <= f <= mid else (hi - f) / (hi - mid) if mid < f <= hi else 0.0)
+            row.append(math.log(total + 1e-6))
+        rows.append(row)
+    return np.array(rows)
+
+
+def test_log_mel_matches_the_golden_reference():
+    assert (AUDIO.sample_rate, AUDIO.hop, AUDIO.n_fft, AUDIO.n_mels, AUDIO.fmin, AUDIO.fmax, AUDIO.log_floor) == \
+        (16000, 160, 320, 40, 40.0, 8000.0, 1e-6), "edge/settings.AUDIO changed: recompute GOLDEN_FRAME_1"
+    x = golden_signal()
+    ref = reference_log_mel(x)
+    np.testing.assert_allclose(ref[1], GOLDEN_FRAME_1, rtol=0, atol=1e-4)
+    ours = log_mel(x)
+    assert ours.shape == ref.shape == (2, 40)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ours[1], GOLDEN_FRAME_1, rtol=0, atol=1e-4)
 
 
 def test_log_mel_rejects_bad_input():

@@ -71,6 +71,7 @@ def align(live, replay):
     return best
 
 
+@pytest.mark.slow
 def test_mic_stream_agrees_with_the_same_file(bundles, tmp_path):
     wav = speech_file(tmp_path)
     with virtual_mic() as mic:
@@ -95,6 +96,7 @@ def test_mic_stream_agrees_with_the_same_file(bundles, tmp_path):
     assert agree >= 0.9, f"mic vs file labels agree on {agree:.0%} of {len(pairs)} voiced hops (file at {d:.3f} s)"
 
 
+@pytest.mark.slow
 def test_camera_url_dies_and_comes_back(bundles):
     server = MjpegServer(list(video_frames(15)), fps=15).start()
     proc = start(["run", "--camera", server.url, "--hop", "0.25", "--duration", "9", *models(bundles)])
@@ -112,6 +114,7 @@ def test_camera_url_dies_and_comes_back(bundles):
     assert any("camera lost" in e for r in results for e in r["events"])
 
 
+@pytest.mark.slow
 def test_mic_and_camera_together(bundles):
     server = MjpegServer(list(video_frames(15)), fps=15).start()
     with virtual_mic() as mic:
@@ -142,6 +145,7 @@ def test_missing_device_at_start_exits_2_naming_it(args, named, bundles):
     assert named in p.stderr and "avemo-edge info" in p.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signals_flush_stop_and_exit_0_within_1s(sig, bundles):
     server = MjpegServer(list(video_frames(15)), fps=15).start()
@@ -157,6 +161,7 @@ def test_signals_flush_stop_and_exit_0_within_1s(sig, bundles):
     assert lines(out) and "Traceback" not in err  # every printed line is complete JSON
 
 
+@pytest.mark.slow
 def test_slow_consumer_never_grows_memory(bundles):
     """stdout to a reader that takes one line a second: the pipe fills, the loop waits, RAM stays flat."""
     server = MjpegServer(list(video_frames(15)), fps=15).start()

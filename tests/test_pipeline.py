@@ -99,6 +99,7 @@ def test_level_describes_a_window_too_short_to_classify(pipe):
     assert r["level_dbfs"] == -20.0 and not r["voiced"]
 
 
+@pytest.mark.slow
 def test_steady_state_allocates_nothing(pipe, frame, speech):
     """After warm-up, 200 hops add no numpy memory (tracemalloc) and RSS stays within 2 MB."""
     audio, frames = rings(frame, speech)

@@ -122,6 +122,7 @@ PAGE_STATE = """JSON.stringify({fused: document.getElementById("fused").textCont
     hop: document.getElementById("lat").textContent, voiced: document.getElementById("voiced").textContent})"""
 
 
+@pytest.mark.slow
 def test_page_renders_in_headless_chromium_during_a_realtime_replay(bundles, tmp_path):
     browser = find_chromium()
     if browser is None:
@@ -193,6 +194,7 @@ def _stalled(port: int, path: str) -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_clients_that_never_read_do_not_slow_the_loop_and_are_dropped(bundles):
     hop, seen, checks, stalled = 0.25, threading.Event(), {}, []
     stream = edge.open(video=str(DEMO_VIDEO), audio_model=bundles["audio"], face_model=bundles["face"],

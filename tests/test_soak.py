@@ -7,6 +7,8 @@ import pytest
 from conftest import DEMO_VIDEO, rss_kb
 from edge.stream import Stream
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def minute_video(tmp_path_factory):

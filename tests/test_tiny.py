@@ -2,17 +2,25 @@
 import subprocess
 import sys
 
+import pytest
+
 import edge
 from conftest import DEMO_VIDEO, DEMO_WAV
+from edge.bundle import load_bundle
+from edge.fusion import fused_label_set
 
 
 def test_replay_a_recording(bundles):
     with edge.open(video=str(DEMO_VIDEO), audio_model=bundles["audio"], face_model=bundles["face"]) as stream:
         results = list(stream)
     assert results and all(isinstance(r, edge.Result) for r in results)
-    first = results[-1]
-    assert first.fused["label"] in first.fused["probs"]
-    assert first.to_json().startswith('{"t":')
+    last = results[-1]
+    probs = last.fused["probs"]
+    labels = [load_bundle(bundles[m]).labels for m in ("audio", "face")]
+    assert tuple(probs) == fused_label_set(*labels)  # every label either model knows, calm folded
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+    assert probs[last.fused["label"]] == max(probs.values())  # the label is the most probable one
+    assert last.to_json().startswith('{"t":')
 
 
 def test_hop_and_duration(bundles):

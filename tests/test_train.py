@@ -130,6 +130,7 @@ def test_cli_errors_and_students_dispatch(corpus, tmp_path, monkeypatch, capsys)
     assert train.main(["students", "--x", "1"]) == 0 and seen == [["--x", "1"]]
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_two_ranks(corpus, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "distill.train",
            *_argv(corpus, tmp_path / "ddp", 1)[:-2], "--cache", str(tmp_path / "cache")]

@@ -27,6 +27,8 @@ import pytest
 
 from conftest import REPO, shipped
 
+pytestmark = pytest.mark.slow
+
 WHEELHOUSE = Path(os.environ.get("AVEMO_WHEELHOUSE", Path.home() / ".cache" / "avemo-wheelhouse"))
 EXTRAS = "capture,ort"
 PINNED = ("numpy", "opencv-python-headless", "onnxruntime", "sounddevice", "soundfile")

@@ -4,7 +4,7 @@ In:  a corpus folder (RAVDESS, CREMA-D, eNTERFACE'05, FER2013 class folders, or 
      data folder with labels.csv — DESIGN.md). `load_corpus(path)` detects the layout;
      labels.csv wins when present.
 Out: list[Item] (canonical labels, absolute paths, speaker ids for speaker-independent
-     splits). Media decoding and caching live in `distill.data.cache` / `media`.
+     splits). Media decoding (edge's own) and caching live in `distill.data.cache`.
 """
 from __future__ import annotations
 
