@@ -119,16 +119,31 @@ def test_torn_reads_are_counted_and_the_loop_goes_on(bundles):
     assert results[1].audio["level_dbfs"] > -120  # the next hop reads the stream again
 
 
+class BadThenGood:
+    """A cv2.VideoCapture stand-in: an empty frame, a 2-channel one, then a good one."""
+
+    def __init__(self) -> None:
+        self.frames = [np.zeros((0, 0, 3), np.uint8), np.zeros((48, 64, 2), np.uint8), np.full((48, 64, 3), 7, np.uint8)]
+
+    def read(self):
+        return (True, self.frames.pop(0)) if self.frames else (False, None)
+
+    def release(self) -> None:
+        pass
+
+
 def test_bad_camera_frames_are_counted_in_the_results(bundles):
     pytest.importorskip("cv2")
     from media import MjpegServer, video_frames
+
+    from edge.video import _OpenCvCapture
     with MjpegServer(list(video_frames(4))) as server:
-        with Stream(camera=server.url, duration=0.5, face_model=bundles["face"]) as s:
-            s.camera.stop()  # the reader thread paces frames; feed the source by hand from here
-            for bad in (np.zeros((0, 0, 3), np.uint8), np.zeros((48, 64, 2), np.uint8)):  # empty; 2 channels
-                s.camera._next_due = 0.0
-                s.camera._deliver(bad)
+        with Stream(camera=server.url, duration=0.5, face_model=bundles["face"], capture="opencv") as s:
+            s.camera.stop()  # the reader thread paces frames; read the stand-in by hand from here
+            frame = np.zeros(s.frame_ring.shape, np.uint8)
+            ok, _ = _OpenCvCapture(BadThenGood(), is_file=False, on_bad=s.camera._count_bad).read(frame)
             results = list(s)
+    assert ok and frame.max() == 7            # the good frame came through, the two bad ones were skipped
     assert results[-1].counters["frames_bad"] == 2
 
 
