@@ -1,0 +1,83 @@
+"""distill/crossval.py: actor folds, EmoDB as a held-out or a second training corpus, the
+summary over folds, resuming (finished folds skipped) and --score through edge's eval."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from distill import crossval  # noqa: E402
+from media import write_wav  # noqa: E402
+
+EMOTIONS = {"01": "neutral", "03": "happy", "04": "sad", "05": "angry"}
+
+
+def tone(freq: float, seconds: float = 0.8, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    noise = 0.01 * np.random.default_rng(seed).standard_normal(len(t))
+    return (0.3 * np.sin(2 * np.pi * freq * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)) + noise).astype(np.float32)
+
+
+def corpora(root: Path) -> Path:
+    """A 20-actor RAVDESS-layout folder and an EmoDB-like labels.csv folder; each emotion a pitch."""
+    for a in range(1, 21):
+        (root / "ravdess_speech" / f"Actor_{a:02d}").mkdir(parents=True)
+        for code, (label, freq) in zip(EMOTIONS, zip(EMOTIONS.values(), (150, 220, 110, 300))):
+            write_wav(root / "ravdess_speech" / f"Actor_{a:02d}" / f"03-01-{code}-01-01-01-{a:02d}.wav",
+                      tone(freq, seed=a), 16000)
+    rows = ["path,label,speaker"]
+    (root / "emodb_2s").mkdir()
+    for i, (label, freq) in enumerate(zip(("neutral", "happy", "sad", "angry", "boredom"), (150, 220, 110, 300, 180))):
+        write_wav(root / "emodb_2s" / f"e{i}.wav", tone(freq, seed=100 + i), 16000)
+        rows.append(f"e{i}.wav,{label},s{i % 2}")
+    (root / "emodb_2s" / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_folds_hold_out_four_actors_each():
+    held = [crossval.fold_actors(k) for k in range(crossval.N_FOLDS)]
+    assert [len(h) for h in held] == [4] * 5 and sorted(sum(held, [])) == crossval.ACTORS
+
+
+def test_fold_data_keeps_emodb_out_or_trains_on_it(tmp_path):
+    items = crossval.corpus_items(corpora(tmp_path))
+    assert len(items["ravdess"]) == 80 and len(items["emodb"]) == 4          # boredom left out
+    train, held = crossval.fold_data("1", items, with_emodb=False, cache=tmp_path / "cache")
+    assert len(train) == 64 and set(held) == {"ravdess", "emodb"} and len(held["ravdess"]) == 16
+    assert held["ravdess"].meta["speakers"] == ["Actor_05", "Actor_06", "Actor_07", "Actor_08"]
+    train, held = crossval.fold_data("1", items, with_emodb=True, cache=tmp_path / "cache")
+    assert len(train) == 68 and set(held) == {"ravdess"}
+    train, held = crossval.fold_data("emodb", items, with_emodb=False, cache=tmp_path / "cache")
+    assert len(train) == 4 and len(held["ravdess"]) == 80
+
+
+def test_summary_is_mean_and_spread_over_folds(tmp_path):
+    for k, uar in enumerate((0.5, 0.7)):
+        report = {"uar": uar, "accuracy": uar + 0.1, "macro_f1": uar - 0.1}
+        (tmp_path / f"fold{k}.json").write_text(json.dumps({"reports": {"ravdess": report}}))
+    summary = crossval.summarize(tmp_path)
+    assert summary["folds"] == 2 and summary["ravdess_uar"]["mean"] == pytest.approx(0.6)
+    assert summary["ravdess_uar"]["std"] == pytest.approx(0.1) and "emodb_uar" not in summary
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+@pytest.mark.slow
+def test_one_fold_trains_scores_through_eval_and_is_skipped_when_done(tmp_path):
+    root = corpora(tmp_path / "data")
+    out = tmp_path / "cv"
+    argv = ["--data", str(root), "--out", str(out), "--folds", "0", "--epochs", "1", "--score", "--target", "x86"]
+    assert crossval.main(argv) == 0
+    fold = json.loads((out / "fold0.json").read_text())
+    scored = json.loads((out / "fold0-runtime.json").read_text())
+    assert fold["test_actors"] == crossval.fold_actors(0) and not (out / "fold0.ckpt").exists()
+    assert scored["reports"]["ravdess"]["n"] == 16 and scored["reports"]["emodb"]["n"] == 4
+    assert (out / "fold0-bundle" / "manifest.json").is_file()
+    summary = json.loads((out / "summary-runtime.json").read_text())
+    assert summary["ravdess_uar"]["per_fold"] == [scored["reports"]["ravdess"]["uar"]]
+    stamp = (out / "fold0.json").stat().st_mtime_ns
+    assert crossval.main(argv) == 0                                           # done: nothing retrained
+    assert (out / "fold0.json").stat().st_mtime_ns == stamp
