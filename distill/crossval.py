@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=AUDIO_CFG.epochs)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", type=float, default=AUDIO_CFG.speed, help="random speed change +- this")
+    p.add_argument("--partial", type=float, default=AUDIO_CFG.partial_p,
+                   help="share of batches cut shorter than the window (as a stream's first hops)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--score", action="store_true",
                    help="export each finished fold to int8 and score it the way avemo-edge eval does")
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = replace(AUDIO_CFG, epochs=args.epochs, seed=args.seed, speed=args.speed, kd=False)
+    cfg = replace(AUDIO_CFG, epochs=args.epochs, seed=args.seed, speed=args.speed, partial_p=args.partial, kd=False)
     items = corpus_items(data_root(args.data))
     for fold in args.folds.split(","):
         if not (out / f"fold{fold}.json").is_file():

@@ -80,6 +80,9 @@ class FitConfig:
     """Audio: share of the crops that get noise."""
     gain_db: float = 10.0
     """Audio: random gain range (+-dB)."""
+    partial_p: float = 0.0
+    """Audio: share of the batches cut shorter than the window (a random length from
+    MIN_CROP_S up), as the runtime's first hops of a stream read only the audio so far."""
     soft: float = 0.0
     """Weight of the cross-entropy against the crowd label distributions (Arrays.soft); the
     original labels' cross-entropy gets 1 - soft."""
@@ -151,9 +154,16 @@ def _pink(noise: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(spectrum / torch.sqrt(f), n=noise.shape[1], dim=1)
 
 
+MIN_CROP_S = 0.5
+"""Shortest partial crop: the runtime's least audio on a voiced hop (edge.pipeline.MIN_AUDIO_S)."""
+
+
 def audio_batch(data: Arrays, idx: np.ndarray, rng: np.random.Generator, cfg: "FitConfig") -> torch.Tensor:
-    """Random WINDOW_S crops, resampled by a random speed factor (cfg.speed), then augmented."""
+    """Random crops of WINDOW_S (on a cfg.partial_p share of batches a shorter length, the same
+    for the whole batch), resampled by a random speed factor (cfg.speed), then augmented."""
     n = crop_samples()
+    if rng.random() < cfg.partial_p:
+        n = int(rng.integers(window_samples(MIN_CROP_S) // AUDIO.hop, n // AUDIO.hop + 1)) * AUDIO.hop
     speed = rng.uniform(1.0 - cfg.speed, 1.0 + cfg.speed)
     src = int(round(n * speed))
     crops = torch.from_numpy(_crop(data.x[idx], data.lengths[idx], src, rng))

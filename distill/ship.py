@@ -53,7 +53,7 @@ TRIM_DB = 40.0
 AUDIO_WITH_EMODB = True
 """The shipped audio recipe trains on EmoDB as a second corpus (chosen by cross-validation and
 leave-one-corpus-out, docs/students.md)."""
-AUDIO_CFG = FitConfig(epochs=60, batch=32, lr=3e-3, label_smoothing=0.1)
+AUDIO_CFG = FitConfig(epochs=60, batch=32, lr=3e-3, label_smoothing=0.1, partial_p=0.5)
 FACE_CFG = FitConfig(epochs=14, batch=128, lr=4e-3, weight_decay=1e-3, balance=0.5)
 
 
