@@ -114,13 +114,24 @@ def quantize_model(float_path: str | Path, out_dir: str | Path, scheme: QuantSch
                          per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
                          symmetric_activations=scheme.symmetric,
                          nodes_to_exclude=float_nodes(float_path))
-    return strip_value_info(path)
+    return compact(path)
 
 
-def strip_value_info(path: Path) -> Path:
-    """Drop the intermediate shape annotations shape inference left (they are ~4 % of a small model)."""
+def compact(path: Path) -> Path:
+    """Drop the intermediate shape annotations shape inference left (~4 % of a small model) and
+    give nodes and intermediate tensors short names (n<i>, t<i>; ~8 % of the audio int8 model);
+    graph inputs, outputs and weights keep theirs."""
     model = onnx.load(str(path))
-    del model.graph.value_info[:]
+    graph = model.graph
+    del graph.value_info[:]
+    keep = {v.name for v in (*graph.input, *graph.output)} | {t.name for t in graph.initializer}
+    short: dict[str, str] = {}
+    for i, node in enumerate(graph.node):
+        node.name = f"n{i}"
+        short.update({out: f"t{len(short)}" for out in node.output if out and out not in keep})
+    for node in graph.node:
+        node.input[:] = [short.get(x, x) for x in node.input]
+        node.output[:] = [short.get(x, x) for x in node.output]
     onnx.save(model, str(path))
     return path
 

@@ -370,9 +370,13 @@ def provenance(modality: str, result: dict, root: Path) -> dict:
     corpus = SHARED_PROVENANCE[modality] if has_shared_corpus(modality, root) else \
         f"data folder {root} (labels.csv; speaker fold 0 of 5 held out for test)"
     teacher = result["teacher"] or "none: trained from labels alone (no teacher checkpoint was available)"
+    emodb = "trained on as a second corpus (chosen by cross-validation and leave-one-corpus-out; " \
+            "EmoDB, research use)" if result.get("with_emodb") else "evaluation only (never trained, tuned or calibrated on)"
+    if result.get("with_emodb"):
+        corpus += " + EmoDB (German, 10 speakers, its 6 shared labels; research use)"
     return {"trained_on": corpus, "teacher": teacher, "created": date.today().isoformat(),
             "code": _git_sha(), "params": result["params"], "epochs_run": len(result["history"]),
-            "init": result.get("init"), "config": result["config"], "emodb": "evaluation only (never trained, tuned or calibrated on)"}
+            "init": result.get("init"), "config": result["config"], "emodb": emodb}
 
 
 def _git_sha() -> str:

@@ -14,6 +14,8 @@ cv2 = pytest.importorskip("cv2")
 from conftest import DEMO_WAV, SHARED_DATA, rss_kb  # noqa: E402
 from media import MjpegServer, video_frames, virtual_mic, write_wav  # noqa: E402
 
+from edge.bundle import load_bundle  # noqa: E402
+
 CLI = [sys.executable, "-m", "edge.cli"]
 
 
@@ -49,10 +51,6 @@ FINE = 0.001
 """Replay hop: a 1 ms grid, so each live window has its replay twin within 0.5 ms. The audio
 model's label changes on ~3 % of windows moved by 1 ms and ~9 % of those moved by 10 ms: on a
 coarser grid the test measures the grid (10 ms: 0.90-0.99 on runs where 1 ms gave 0.95-0.99)."""
-WINDOW_S = 2.0
-"""The x86 profile's audio window."""
-
-
 def align(live, replay):
     """Offset (s) of the file's start in the live stream, from the loudness contour alone:
     each live hop's window level against the fine-grid replay's (no labels or probabilities).
@@ -84,12 +82,13 @@ def test_mic_stream_agrees_with_the_same_file(bundles, tmp_path):
     replay = lines(subprocess.run([*CLI, "run", "--audio", str(wav), "--hop", str(FINE), "--audio-model",
                                    bundles["audio"]], capture_output=True, text=True, check=True).stdout)
     d = align(live, replay)
+    window_s = load_bundle(bundles["audio"]).window_s   # the audio model's own window
     pairs = []
     for r in live:
         j = int(round((r["t"] - d) / FINE)) - 1
         # only windows that lie inside the file: before the replay's first full window it sees
         # a shorter input while the mic's window also holds the silence before playback
-        if (j + 1) * FINE >= WINDOW_S and j < len(replay) and r["audio"]["voiced"] and replay[j]["audio"]["voiced"]:
+        if (j + 1) * FINE >= window_s and j < len(replay) and r["audio"]["voiced"] and replay[j]["audio"]["voiced"]:
             pairs.append((r["audio"]["label"], replay[j]["audio"]["label"]))
     assert len(pairs) >= 40, "the played speech should be voiced on many hops"
     agree = sum(a == b for a, b in pairs) / len(pairs)
