@@ -70,6 +70,9 @@ def test_quick_run_writes_json_with_required_keys(quick_run, models):
     hop_goal = next(g for g in report["goals"] if g["goal"].startswith("numpy per-hop compute"))
     face_numpy = report["models"]["face"]["numpy"]["p50_ms"]
     assert hop_goal["measured"] == round(report["models"]["audio"]["numpy"]["p50_ms"] + calls * face_numpy, 4)
+    budget = {g["goal"]: g["target"] for g in report["goals"] if "profile budget" in g["unit"]}
+    assert budget["pipeline hop p99, demo replay"] == report["budget"]["hop_ms"] == 20.0        # x86.toml
+    assert budget["pipeline peak RSS, both models, demo replay"] == report["budget"]["ram_mb"] == 60.0
 
 
 @pytest.mark.slow

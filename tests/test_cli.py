@@ -164,7 +164,8 @@ def test_info_lists_backends_profiles_and_devices():
     assert p.returncode == 0, p.stderr
     info = json.loads(p.stdout)
     assert "numpy" in info["backends_installed"]
-    assert info["profile"]["name"] == "rpi4"
+    assert info["profile"]["name"] == "rpi4" and info["profile"]["arch"] == "aarch64"
+    assert info["profile"]["budget"] == {"ram_mb": 60.0, "hop_ms": 60.0}   # every profile key is read somewhere
     assert "audio_input_devices" in info and "cameras" in info
 
 
