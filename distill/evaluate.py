@@ -77,25 +77,34 @@ def evaluate_teacher(model: Teacher, data: TeacherData, device: str = "cpu") -> 
 
 
 def bundle_predictions(path: str | Path, items: Sequence[Item], cache_dir: str | None) -> tuple[str, list[str | None], tuple]:
-    """(modality, predicted label per item or None, labels) for an exported bundle."""
+    """(modality, predicted label per item or None, labels) for an exported bundle. Audio is
+    answered by `avemo-edge eval`'s own scorer (edge.evaluate.AudioReplay: the runtime's replay
+    loop, gate and voiced-hop pooling); a file it gives no answer for is NO_ANSWER (an error)."""
     from edge.backends import DEFAULT_ORDER
     from edge.bundle import load_bundle
+    from edge.evaluate import NO_ANSWER, scorer
     from edge.face import standardize_crops
     from edge.pipeline import Model
+    from edge.profiles import load_profile
     bundle = load_bundle(path)
-    model = Model(bundle, backend="auto", backend_order=DEFAULT_ORDER, threads=1)
-    hop = bundle.frontend.hop if bundle.frontend else 1
-    if bundle.modality == "audio":
-        idx = [i for i, it in enumerate(items) if it.audio]
-        inputs = [w[None, : len(w) // hop * hop] for w in load_waveforms([items[i] for i in idx], cache_dir)]
-    else:
-        idx = [i for i, it in enumerate(items) if it.image or it.video]
-        faces = load_faces([items[i] for i in idx], size=bundle.face.size, cache_dir=cache_dir)
-        inputs = list(standardize_crops(faces, bundle.face)[:, None, None])
     predicted: list[str | None] = [None] * len(items)
-    for i, x in zip(idx, inputs):
+    if bundle.modality == "audio":
+        replay = scorer(path, "audio", load_profile("x86"))
+        for i, wave in zip(*_audio_of(items, cache_dir)):
+            probs = replay(wave)
+            predicted[i] = NO_ANSWER if probs is None else bundle.labels[int(np.argmax(probs))]
+        return bundle.modality, predicted, bundle.labels
+    model = Model(bundle, backend="auto", backend_order=DEFAULT_ORDER, threads=1)
+    idx = [i for i, it in enumerate(items) if it.image or it.video]
+    faces = load_faces([items[i] for i in idx], size=bundle.face.size, cache_dir=cache_dir)
+    for i, x in zip(idx, standardize_crops(faces, bundle.face)[:, None, None]):
         predicted[i] = bundle.labels[int(np.argmax(model(np.ascontiguousarray(x, dtype=np.float32))))]
     return bundle.modality, predicted, bundle.labels
+
+
+def _audio_of(items: Sequence[Item], cache_dir: str | None) -> tuple[list[int], list[np.ndarray]]:
+    idx = [i for i, it in enumerate(items) if it.audio]
+    return idx, load_waveforms([items[i] for i in idx], cache_dir)
 
 
 def select_speakers(items: list[Item], split: str | None, fold: int | None) -> list[Item]:

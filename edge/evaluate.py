@@ -82,9 +82,9 @@ def _ordered(labels: set[str]) -> list[str]:
 
 def score(truth: list[str], predictions: list[str | None], model_labels: tuple[str, ...]) -> dict:
     """Report over the rows whose truth maps onto the model's labels, with the mapping. A None
-    prediction (no answer) is an error, counted in the NO_ANSWER column."""
+    or NO_ANSWER prediction (no answer) is an error, counted in the NO_ANSWER column."""
     truth_map, pred_map = label_mapping(truth, model_labels)
-    kept = [(truth_map[t], pred_map[p] if p is not None else NO_ANSWER)
+    kept = [(truth_map[t], pred_map[p] if p not in (None, NO_ANSWER) else NO_ANSWER)
             for t, p in zip(truth, predictions) if truth_map[t]]
     if not kept:
         raise MediaError(f"none of the data's labels {sorted(set(truth))} is known to the model "

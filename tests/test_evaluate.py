@@ -3,6 +3,7 @@ label mapping, per-speaker breakdown, JSON and confusion PNGs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,14 @@ def test_bundles(bundles, run, tmp_path):
     for modality, key in (("audio", "audio"), ("face", "face")):
         result = evaluate.evaluate(bundles[key], corpus, cache_dir=None)
         assert list(result["reports"]) == [modality] and result["reports"][modality]["n"] == 24
+    # one scorer: an audio bundle's answers here are `avemo-edge eval`'s (edge.evaluate) on the same files
+    from edge.bundle import load_bundle
+    from edge.evaluate import Row, evaluate_rows, scorer
+    from edge.profiles import load_profile
+    items = [it for it in load_corpus(corpus) if it.audio and it.label]
+    rows = [Row(Path(it.audio), it.label, it.speaker) for it in items]
+    labels = load_bundle(bundles["audio"]).labels
+    edge_report = evaluate_rows(scorer(bundles["audio"], "audio", load_profile("x86")), labels, rows)
+    ours = evaluate.evaluate(bundles["audio"], corpus, cache_dir=None)["reports"]["audio"]
+    assert ours["confusion"] == edge_report["confusion"] and ours["labels"] == edge_report["labels"]
+
