@@ -86,16 +86,12 @@ def run_fold(fold: str, cfg: FitConfig, items: dict[str, list], out: Path, with_
     model, history = fit(model, train, None, AUDIO_LABELS, cfg,
                          lambda m: _LOGGER.info("fold %s %s", fold, m), checkpoint=ckpt)
     result = {"fold": fold, "test_actors": fold_actors(int(fold)) if fold != "emodb" else "all 20",
-              "train_size": len(train), "params": count_params(model), "config": _jsonable(cfg),
+              "train_size": len(train), "params": count_params(model), "config": asdict(cfg),
               "with_emodb": with_emodb, "history": history, "reports": score(model, held)}
     torch.save({"state_dict": model.state_dict(), "labels": AUDIO_LABELS}, out / f"fold{fold}.pt")
     (out / f"fold{fold}.json").write_text(json.dumps(result, indent=1))
     ckpt.unlink(missing_ok=True)
     return result
-
-
-def _jsonable(cfg: FitConfig) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
 
 
 def summarize(out: Path, suffix: str = "") -> dict:
@@ -121,9 +117,8 @@ def score_fold(fold: str, items: dict[str, list], out: Path, target: str) -> dic
     from edge.evaluate import Row
     trained = json.loads((out / f"fold{fold}.json").read_text())
     held = set(fold_actors(int(fold))) if fold != "emodb" else set(ACTORS)
-    train_actors = sorted({it.speaker for it in items["ravdess"]} - held) or ["emodb"]
-    calib_items = [it for it in items["ravdess"] + items["emodb"] if it.speaker in train_actors[:2]
-                   or (fold == "emodb" and it.corpus == "emodb")]
+    calib_actors = sorted(set(ACTORS) - held)[:2]          # two of the fold's training actors
+    calib_items = items["emodb"] if fold == "emodb" else [it for it in items["ravdess"] if it.speaker in calib_actors]
     calib = audio_arrays(calib_items[:: max(1, len(calib_items) // 120)], AUDIO_LABELS, out.parent / "cache")
     student = load_student(out / f"fold{fold}.pt", "audio")
     folder = student_bundle(student, "audio", AUDIO_LABELS, out / f"fold{fold}-bundle", target, calib,

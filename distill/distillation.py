@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +41,7 @@ from distill.losses import kd_loss, soft_hgr
 from distill.qat import FakeQuant, agreement_loss
 from edge.metrics import classification_report
 from edge.features import window_samples
+from edge.pipeline import MIN_AUDIO_S
 from edge.settings import AUDIO, FACE
 
 WINDOW_S = 3.0
@@ -82,7 +83,7 @@ class FitConfig:
     """Audio: random gain range (+-dB)."""
     partial_p: float = 0.0
     """Audio: share of the batches cut shorter than the window (a random length from
-    MIN_CROP_S up), as the runtime's first hops of a stream read only the audio so far."""
+    MIN_AUDIO_S, the runtime's least audio on a voiced hop, up), as the runtime's first hops of a stream read only the audio so far."""
     soft: float = 0.0
     """Weight of the cross-entropy against the crowd label distributions (Arrays.soft); the
     original labels' cross-entropy gets 1 - soft."""
@@ -154,16 +155,12 @@ def _pink(noise: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(spectrum / torch.sqrt(f), n=noise.shape[1], dim=1)
 
 
-MIN_CROP_S = 0.5
-"""Shortest partial crop: the runtime's least audio on a voiced hop (edge.pipeline.MIN_AUDIO_S)."""
-
-
 def audio_batch(data: Arrays, idx: np.ndarray, rng: np.random.Generator, cfg: "FitConfig") -> torch.Tensor:
     """Random crops of WINDOW_S (on a cfg.partial_p share of batches a shorter length, the same
     for the whole batch), resampled by a random speed factor (cfg.speed), then augmented."""
     n = crop_samples()
     if rng.random() < cfg.partial_p:
-        n = int(rng.integers(window_samples(MIN_CROP_S) // AUDIO.hop, n // AUDIO.hop + 1)) * AUDIO.hop
+        n = int(rng.integers(window_samples(MIN_AUDIO_S) // AUDIO.hop, n // AUDIO.hop + 1)) * AUDIO.hop
     speed = rng.uniform(1.0 - cfg.speed, 1.0 + cfg.speed)
     src = int(round(n * speed))
     crops = torch.from_numpy(_crop(data.x[idx], data.lengths[idx], src, rng))
@@ -388,11 +385,9 @@ def save_state(path: Path, state: TrainState, model: nn.Module, opt: torch.optim
     """Model, optimizer, schedule, both RNGs, epoch and history, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    kept = {f.name: getattr(state, f.name) for f in fields(TrainState) if f.name != "rng"}
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "torch_rng": torch.get_rng_state(), "rng": state.rng.bit_generator.state,
-                "epoch": state.epoch, "order": state.order, "step": state.step, "loss_sum": state.loss_sum,
-                "minutes": state.minutes, "best": state.best, "best_state": state.best_state,
-                "history": state.history}, tmp)
+                "torch_rng": torch.get_rng_state(), "rng": state.rng.bit_generator.state, **kept}, tmp)
     os.replace(tmp, path)
 
 
@@ -406,9 +401,7 @@ def resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
     torch.set_rng_state(ckpt["torch_rng"])
     rng = np.random.default_rng()
     rng.bit_generator.state = ckpt["rng"]
-    return TrainState(rng=rng, epoch=ckpt["epoch"], order=ckpt["order"], step=ckpt["step"],
-                      loss_sum=ckpt["loss_sum"], minutes=ckpt["minutes"], best=ckpt["best"],
-                      best_state=ckpt["best_state"], history=ckpt["history"])
+    return TrainState(rng=rng, **{f.name: ckpt[f.name] for f in fields(TrainState) if f.name != "rng"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,7 +135,6 @@ class AudioReplay:
 
     def __init__(self, pipeline) -> None:
         self.pipeline, self.model = pipeline, pipeline.audio
-        self.hops = self.voiced = 0
 
     def __call__(self, path_or_wave: Path | np.ndarray) -> np.ndarray | None:
         from edge.audio import read_audio
@@ -143,13 +142,12 @@ class AudioReplay:
         from edge.stream import replay_steps
         wave = read_audio(path_or_wave) if isinstance(path_or_wave, (str, Path)) else path_or_wave
         ring = AudioRing(int(self.pipeline.profile.audio.ring_s * AUDIO.sample_rate))
-        total, self.hops, self.voiced = np.zeros(len(self.model.labels)), 0, 0
+        total, voiced = np.zeros(len(self.model.labels)), 0
         for result in replay_steps(self.pipeline, ring, wave, len(wave) / AUDIO.sample_rate):
-            self.hops += 1
             if result.audio["voiced"]:
                 total += self.model.probs
-                self.voiced += 1
-        return total / self.voiced if self.voiced else None
+                voiced += 1
+        return total / voiced if voiced else None
 
 
 def scorer(model_name: str | Path, modality: str, profile, backend: str = "auto", detect: bool = False,

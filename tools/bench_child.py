@@ -52,7 +52,7 @@ def proc_status_mb(field: str) -> float:
 
 
 def bench_profile(name: str):
-    """The profile as shipped (the audio window is the bundle's own)."""
+    """The profile, loaded on first use (a scenario's RSS counts only what it loads)."""
     from edge.profiles import load_profile
     return load_profile(name)
 
