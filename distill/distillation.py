@@ -284,20 +284,25 @@ def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
     return state.loss_sum / max(1, len(state.order))
 
 
-@torch.no_grad()
 def predict(model: nn.Module, data: Arrays, batch: int = 256) -> np.ndarray:
     """Class probabilities [N, C] (audio: mean over the utterance's WINDOW_S windows)."""
+    return predict_with_embedding(model, data, batch)[0]
+
+
+@torch.no_grad()
+def predict_with_embedding(model: nn.Module, data: Arrays, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [N, C], embeddings [N, D]); audio: both averaged over the windows."""
     model.eval()
     if data.modality == "face":
         x = torch.from_numpy(data.x)
-        chunks = [torch.softmax(model(standardize_faces(x[i:i + batch]))[0], 1)
-                  for i in range(0, len(x), batch)]
-        return torch.cat(chunks).numpy()
-    probs = []
+        outs = [model(standardize_faces(x[i:i + batch])) for i in range(0, len(x), batch)]
+        return torch.cat([torch.softmax(o[0], 1) for o in outs]).numpy(), torch.cat([o[1] for o in outs]).numpy()
+    probs, embs = [], []
     for wave, length in zip(data.x, data.lengths):
-        windows = torch.from_numpy(audio_windows(wave, int(length)))
-        probs.append(torch.softmax(model(windows)[0], 1).mean(0).numpy())
-    return np.stack(probs)
+        logits, emb = model(torch.from_numpy(audio_windows(wave, int(length))))
+        probs.append(torch.softmax(logits, 1).mean(0).numpy())
+        embs.append(emb.mean(0).numpy())
+    return np.stack(probs), np.stack(embs)
 
 
 def evaluate(model: nn.Module, data: Arrays, labels: list[str]) -> dict:

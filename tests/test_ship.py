@@ -66,3 +66,21 @@ def test_remeasure_needs_the_shared_corpora(tmp_path):
     before = (folder / "manifest.json").read_text()
     assert ship.remeasure(folder, tmp_path / "no-corpora") is False
     assert (folder / "manifest.json").read_text() == before
+
+
+def test_single_teacher_gives_its_embedding_and_faces_are_mirrored(tmp_path):
+    from dataclasses import replace
+    from distill.distillation import Arrays, predict_with_embedding
+    labels = ["neutral", "happy", "sad"]
+    torch.manual_seed(5)
+    path = tmp_path / "face.pt"
+    torch.save({"state_dict": ship.build("face", 3).state_dict(), "labels": labels}, path)
+    rng = np.random.default_rng(0)
+    data = Arrays(x=rng.uniform(0, 255, (6, 1, 48, 48)).astype(np.float32), y=np.array([0, 1, 2] * 2))
+    out = ship.teacher_targets(str(path), data, "face", labels)
+    model = ship.load_student(path)
+    views = [predict_with_embedding(model, d) for d in (data, replace(data, x=data.x[..., ::-1].copy()))]
+    np.testing.assert_allclose(np.exp(out.teacher_logits), (views[0][0] + views[1][0]) / 2, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.teacher_emb, (views[0][1] + views[1][1]) / 2, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ship.AvemoError, match="labels differ"):
+        ship.teacher_targets(str(path), data, "face", ["neutral", "sad", "happy"])
