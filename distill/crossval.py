@@ -40,6 +40,8 @@ from distill.ship import (AUDIO_CFG, AUDIO_LABELS, EMODB_LABELS, audio_arrays, c
 _LOGGER = logging.getLogger(__name__)
 ACTORS = [f"Actor_{i:02d}" for i in range(1, 21)]
 N_FOLDS = 5
+NO_ADAPT = "_no_adapt"
+"""Suffix of the parts a speaker-normalized student answers without adaptation."""
 
 
 def fold_actors(k: int) -> list[str]:
@@ -70,25 +72,32 @@ def fold_data(fold: str, items: dict[str, list], with_emodb: bool, cache: Path) 
 
 
 def score(model: torch.nn.Module, held: dict[str, Arrays]) -> dict:
+    """Report per held-out part; a speaker-normalized student is scored causally (its speaker's
+    statistics over the files played so far) and, as `<part>_no_adapt`, on each window's own."""
     out = {}
+    modes = ((True, ""), (False, NO_ADAPT)) if model.speaker_norm else ((True, ""),)
     for name, data in held.items():
-        probs = predict(model, data)
-        out[name] = emodb_from_probs(probs, data) if name == "emodb" else report_from_probs(probs, data, AUDIO_LABELS)
+        for adapt, suffix in modes:
+            probs = predict(model, data, adapt=adapt)
+            out[name + suffix] = emodb_from_probs(probs, data) if name == "emodb" else \
+                report_from_probs(probs, data, AUDIO_LABELS)
     return out
 
 
-def run_fold(fold: str, cfg: FitConfig, items: dict[str, list], out: Path, with_emodb: bool) -> dict:
-    """Train and score one fold; resumes from out/fold<k>.ckpt; writes fold<k>.json and .pt."""
+def run_fold(fold: str, cfg: FitConfig, items: dict[str, list], out: Path, with_emodb: bool,
+             arch: dict | None = None) -> dict:
+    """Train and score one fold; resumes from out/fold<k>.ckpt; writes fold<k>.json and .pt.
+    `arch`: AudioStudent options ({"speaker_norm": True} for live speaker adaptation)."""
     train, held = fold_data(fold, items, with_emodb, out.parent / "cache")
     torch.manual_seed(cfg.seed)
-    model = AudioStudent(len(AUDIO_LABELS))
+    model = AudioStudent(len(AUDIO_LABELS), **(arch or {}))
     ckpt = out / f"fold{fold}.ckpt"
     model, history = fit(model, train, None, AUDIO_LABELS, cfg,
                          lambda m: _LOGGER.info("fold %s %s", fold, m), checkpoint=ckpt)
     result = {"fold": fold, "test_actors": fold_actors(int(fold)) if fold != "emodb" else "all 20",
               "train_size": len(train), "params": count_params(model), "config": asdict(cfg),
-              "with_emodb": with_emodb, "history": history, "reports": score(model, held)}
-    torch.save({"state_dict": model.state_dict(), "labels": AUDIO_LABELS}, out / f"fold{fold}.pt")
+              "with_emodb": with_emodb, "arch": arch or {}, "history": history, "reports": score(model, held)}
+    torch.save({"state_dict": model.state_dict(), "labels": AUDIO_LABELS, "arch": arch or {}}, out / f"fold{fold}.pt")
     (out / f"fold{fold}.json").write_text(json.dumps(result, indent=1))
     ckpt.unlink(missing_ok=True)
     return result
@@ -99,7 +108,7 @@ def summarize(out: Path, suffix: str = "") -> dict:
     fold<k><suffix>.json files; written to summary<suffix>.json."""
     folds = [json.loads(p.read_text()) for p in sorted(out.glob(f"fold[0-9]{suffix}.json"))]
     summary: dict = {"folds": len(folds)}
-    for part in ("ravdess", "emodb"):
+    for part in ("ravdess", "emodb", "ravdess" + NO_ADAPT, "emodb" + NO_ADAPT):
         rows = [f["reports"][part] for f in folds if part in f["reports"]]
         for metric in ("uar", "accuracy", "macro_f1") if rows else ():
             values = np.array([r[metric] for r in rows])
@@ -143,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed", type=float, default=AUDIO_CFG.speed, help="random speed change +- this")
     p.add_argument("--partial", type=float, default=AUDIO_CFG.partial_p,
                    help="share of batches cut shorter than the window (as a stream's first hops)")
+    p.add_argument("--speaker-norm", action="store_true",
+                   help="live speaker adaptation: the student normalizes the log-mel by speaker statistics "
+                        "(a second input), scored causally per speaker and without adaptation")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--score", action="store_true",
                    help="export each finished fold to int8 and score it the way avemo-edge eval does")
@@ -156,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     items = corpus_items(data_root(args.data))
     for fold in args.folds.split(","):
         if not (out / f"fold{fold}.json").is_file():
-            result = run_fold(fold, cfg, items, out, args.with_emodb)
+            result = run_fold(fold, cfg, items, out, args.with_emodb,
+                              {"speaker_norm": True} if args.speaker_norm else None)
             _LOGGER.info("fold %s: %s", fold, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
         if args.score and not (out / f"fold{fold}-runtime.json").is_file():
             result = score_fold(fold, items, out, args.target)

@@ -40,7 +40,8 @@ from torch import nn
 from distill.losses import kd_loss, soft_hgr
 from distill.qat import FakeQuant, agreement_loss
 from edge.metrics import classification_report
-from edge.features import window_samples
+from edge.features import log_mel, n_frames, window_samples
+from edge.speaker import band_stats, causal_order, moments
 from edge.pipeline import MIN_AUDIO_S
 from edge.settings import AUDIO, FACE
 
@@ -90,6 +91,11 @@ class FitConfig:
     hgr: float = 0.0
     """Weight of the Soft-HGR term between the embedding and the model's label embedding of the
     item's label distribution (a teacher's common space; models with `label_embedding`)."""
+    speaker_p: float = 0.8
+    """Audio students with speaker normalization: share of the items whose statistics pool the
+    crop with a random 0..n-1 of the speaker's other training utterances (n: the speaker's
+    utterances); the rest get the crop's own statistics (the runtime's answer before it has
+    heard enough of a speaker, and with --no-adapt)."""
 
 
 @dataclass
@@ -103,6 +109,11 @@ class Arrays:
     teacher_emb: np.ndarray | None = None
     soft: np.ndarray | None = None
     """Crowd label distributions [N, C] (FER+ votes for FER2013 faces), if any."""
+    speaker: np.ndarray | None = None
+    """Audio: each item's speaker id (str [N]), for speaker statistics."""
+    moments: np.ndarray | None = None
+    """Audio: each utterance's log-mel moments float64 [N, 2, n_mels] (edge.speaker.moments),
+    filled by `speaker_moments`."""
     meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -158,6 +169,11 @@ def _pink(noise: torch.Tensor) -> torch.Tensor:
 def audio_batch(data: Arrays, idx: np.ndarray, rng: np.random.Generator, cfg: "FitConfig") -> torch.Tensor:
     """Random crops of WINDOW_S (on a cfg.partial_p share of batches a shorter length, the same
     for the whole batch), resampled by a random speed factor (cfg.speed), then augmented."""
+    return augment_audio(audio_crops(data, idx, rng, cfg), rng, cfg)
+
+
+def audio_crops(data: Arrays, idx: np.ndarray, rng: np.random.Generator, cfg: "FitConfig") -> torch.Tensor:
+    """`audio_batch` before augmentation."""
     n = crop_samples()
     if rng.random() < cfg.partial_p:
         n = int(rng.integers(window_samples(MIN_AUDIO_S) // AUDIO.hop, n // AUDIO.hop + 1)) * AUDIO.hop
@@ -166,7 +182,51 @@ def audio_batch(data: Arrays, idx: np.ndarray, rng: np.random.Generator, cfg: "F
     crops = torch.from_numpy(_crop(data.x[idx], data.lengths[idx], src, rng))
     if src != n:
         crops = F.interpolate(crops[:, None], size=n, mode="linear", align_corners=False)[:, 0]
-    return augment_audio(crops, rng, cfg)
+    return crops
+
+
+# ---------------------------------------------------------------- speaker statistics
+
+def speaker_moments(data: Arrays) -> np.ndarray:
+    """Each utterance's log-mel moments [N, 2, n_mels] (computed once into data.moments)."""
+    if data.moments is None:
+        data.moments = np.stack([moments(log_mel(w[:n])) for w, n in zip(data.x, data.lengths)])
+    return data.moments
+
+
+def wave_moments(wave: np.ndarray) -> np.ndarray:
+    """Log-mel moments of each waveform of a batch [B, T] -> [B, 2, n_mels]."""
+    return np.stack([moments(log_mel(w)) for w in wave])
+
+
+def shift_moments(sums: np.ndarray, count: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Moments [..., 2, M] of `count` frames with `shift` [..., M] added to every frame."""
+    out = sums.copy()
+    out[..., 0, :] += count[..., None] * shift
+    out[..., 1, :] += 2.0 * shift * sums[..., 0, :] + count[..., None] * shift * shift
+    return out
+
+
+def speaker_batch(data: Arrays, idx: np.ndarray, rng: np.random.Generator,
+                  cfg: "FitConfig") -> tuple[torch.Tensor, torch.Tensor]:
+    """(augmented crops [B, T], speaker statistics [B, 2, n_mels]). Each item's statistics are
+    the crop's own, pooled on a cfg.speaker_p share with k - 1 other utterances of its speaker
+    (k uniform in 1..n). The others are shifted per band by what augmentation did to this
+    crop's band means (gain and noise stay constant over a live speaker's utterances)."""
+    clean = audio_crops(data, idx, rng, cfg)
+    wave = augment_audio(clean, rng, cfg)
+    own = wave_moments(wave.numpy())
+    frames = n_frames(wave.shape[1])
+    sums, count = own.copy(), np.full(len(idx), float(frames))
+    shift = (own[:, 0] - wave_moments(clean.numpy())[:, 0]) / frames
+    every = speaker_moments(data)
+    for j in np.flatnonzero(rng.random(len(idx)) < cfg.speaker_p):
+        pool = np.flatnonzero((data.speaker == data.speaker[idx[j]]) & (np.arange(len(data)) != idx[j]))
+        others = rng.choice(pool, int(rng.integers(0, len(pool) + 1)), replace=False)
+        n = float(sum(n_frames(int(data.lengths[i])) for i in others))
+        sums[j] += shift_moments(every[others].sum(0), np.array(n), shift[j])
+        count[j] += n
+    return wave, torch.from_numpy(band_stats(sums, count))
 
 
 def audio_windows(wave: np.ndarray, length: int) -> np.ndarray:
@@ -250,8 +310,18 @@ def label_distribution(data: Arrays, idx: np.ndarray, n_labels: int) -> torch.Te
     return F.one_hot(torch.from_numpy(data.y[idx]), n_labels).float()
 
 
-def batcher(data: Arrays) -> Callable[[Arrays, np.ndarray, np.random.Generator, FitConfig], torch.Tensor]:
-    return audio_batch if data.modality == "audio" else face_batch
+def batcher(data: Arrays, model: nn.Module) -> Callable[[Arrays, np.ndarray, np.random.Generator, FitConfig], Batch]:
+    if data.modality == "face":
+        return face_batch
+    return speaker_batch if getattr(model, "speaker_norm", False) else audio_batch
+
+
+Batch = torch.Tensor | tuple[torch.Tensor, ...]
+"""A model's inputs for one batch: one tensor, or a tuple (waveform, speaker statistics)."""
+
+
+def forward(model: nn.Module, x: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    return model(*x) if isinstance(x, tuple) else model(x)
 
 
 def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
@@ -261,20 +331,20 @@ def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
     """One epoch over `state.order` from batch `state.step` on (a resumed epoch continues where
     it stopped); `tick()` runs after every step (the checkpoint clock). Returns the mean loss."""
     model.train()
-    make = batcher(data)
+    make = batcher(data, model)
     starts = range(0, len(state.order) - cfg.batch + 1, cfg.batch)
     for start in starts[state.step:]:
         idx = np.sort(state.order[start:start + cfg.batch])
         x = make(data, idx, state.rng, cfg)
         masks = torch.get_rng_state() if quant is not None else None
-        logits, emb = model(x)
+        logits, emb = forward(model, x)
         loss = student_loss(logits, emb, torch.from_numpy(data.y[idx]), data, idx, weights, cfg)
         if cfg.hgr > 0:
             loss = loss - cfg.hgr * soft_hgr(emb, model.label_embedding(label_distribution(data, idx, len(weights))))
         if quant is not None:
             torch.set_rng_state(masks)  # the same dropout and SpecAugment masks in both passes
             with quant.enabled():
-                loss = loss + cfg.qat * agreement_loss(logits, model(x)[0])
+                loss = loss + cfg.qat * agreement_loss(logits, forward(model, x)[0])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -284,25 +354,60 @@ def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
     return state.loss_sum / max(1, len(state.order))
 
 
-def predict(model: nn.Module, data: Arrays, batch: int = 256) -> np.ndarray:
+def predict(model: nn.Module, data: Arrays, batch: int = 256, adapt: bool = True) -> np.ndarray:
     """Class probabilities [N, C] (audio: mean over the utterance's WINDOW_S windows)."""
-    return predict_with_embedding(model, data, batch)[0]
+    return predict_with_embedding(model, data, batch, adapt)[0]
 
 
 @torch.no_grad()
-def predict_with_embedding(model: nn.Module, data: Arrays, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N, C], embeddings [N, D]); audio: both averaged over the windows."""
+def predict_with_embedding(model: nn.Module, data: Arrays, batch: int = 256,
+                           adapt: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [N, C], embeddings [N, D]); audio: both averaged over the windows. A
+    speaker-normalized student gets, with `adapt`, its speaker's statistics over the utterances
+    played so far, each speaker's in `causal_order` (as a live device hears them); without it,
+    each window's own."""
     model.eval()
     if data.modality == "face":
         x = torch.from_numpy(data.x)
         outs = [model(standardize_faces(x[i:i + batch])) for i in range(0, len(x), batch)]
         return torch.cat([torch.softmax(o[0], 1) for o in outs]).numpy(), torch.cat([o[1] for o in outs]).numpy()
+    stats = speaker_inputs(data, adapt) if getattr(model, "speaker_norm", False) else None
     probs, embs = [], []
-    for wave, length in zip(data.x, data.lengths):
-        logits, emb = model(torch.from_numpy(audio_windows(wave, int(length))))
+    for i, (wave, length) in enumerate(zip(data.x, data.lengths)):
+        windows = torch.from_numpy(audio_windows(wave, int(length)))
+        logits, emb = model(windows) if stats is None else model(windows, stats(i, windows))
         probs.append(torch.softmax(logits, 1).mean(0).numpy())
         embs.append(emb.mean(0).numpy())
     return np.stack(probs), np.stack(embs)
+
+
+def speaker_inputs(data: Arrays, adapt: bool) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """(item, its windows [W, T]) -> statistics [W, 2, n_mels]: with `adapt` the speaker's over
+    its utterances up to this one in `causal_order`, else each window's own (its audio only)."""
+    if not adapt:
+        return lambda i, w: torch.from_numpy(own_stats(w[:, :int(data.lengths[i])].numpy()))
+    causal = causal_stats(data)
+    return lambda i, w: torch.from_numpy(causal[i][None]).expand(len(w), -1, -1)
+
+
+def own_stats(wave: np.ndarray) -> np.ndarray:
+    """Each waveform's own statistics [B, 2, n_mels] (waveforms [B, T])."""
+    return band_stats(wave_moments(wave), np.full(len(wave), float(n_frames(wave.shape[1]))))
+
+
+def causal_stats(data: Arrays) -> np.ndarray:
+    """[N, 2, n_mels]: item i's speaker's statistics over that speaker's utterances played up to
+    and including i, in `causal_order`."""
+    every = speaker_moments(data)
+    out = np.zeros(every.shape, np.float32)
+    sums: dict[str, np.ndarray] = {}
+    count: dict[str, float] = {}
+    for i in causal_order(list(data.speaker)):
+        s = data.speaker[i]
+        sums[s] = sums.get(s, 0.0) + every[i]
+        count[s] = count.get(s, 0.0) + n_frames(int(data.lengths[i]))
+        band_stats(sums[s], count[s], out[i])
+    return out
 
 
 def evaluate(model: nn.Module, data: Arrays, labels: list[str]) -> dict:

@@ -90,7 +90,8 @@ def audio_arrays(items: list, labels: list[str], cache: Path) -> Arrays:
     for i, w in enumerate(waves):
         x[i, : len(w)] = w
     y = np.array([labels.index(it.label) for it in items], np.int64)
-    return Arrays(x=x, y=y, lengths=lengths, meta={"speakers": sorted({it.speaker for it in items})})
+    return Arrays(x=x, y=y, lengths=lengths, speaker=np.array([it.speaker for it in items]),
+                  meta={"speakers": sorted({it.speaker for it in items})})
 
 
 def _ravdess_items(root: Path) -> dict[str, list]:
@@ -106,6 +107,7 @@ def concat(a: Arrays, b: Arrays) -> Arrays:
     x = np.zeros((len(a) + len(b), width), np.float32)
     x[: len(a), : a.x.shape[1]], x[len(a):, : b.x.shape[1]] = a.x, b.x
     return Arrays(x=x, y=np.concatenate([a.y, b.y]), lengths=np.concatenate([a.lengths, b.lengths]),
+                  speaker=np.concatenate([a.speaker, b.speaker]),
                   meta={"speakers": a.meta["speakers"] + b.meta["speakers"]})
 
 

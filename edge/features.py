@@ -59,15 +59,47 @@ def frames(wave: np.ndarray, fe: AudioFrontEnd = AUDIO) -> np.ndarray:
 
 
 def log_mel(wave: np.ndarray, fe: AudioFrontEnd = AUDIO) -> np.ndarray:
-    """Reference log-mel spectrogram, float32 [n_frames, n_mels]."""
+    """Reference log-mel spectrogram, float32 [n_frames, n_mels] (a new array)."""
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim != 1:
         raise ValueError(f"log_mel expects a mono 1-D waveform, got shape {wave.shape}")
-    if n_frames(len(wave), fe) < 1:
-        raise ValueError(f"log_mel needs at least {2 * fe.hop} samples, got {len(wave)}")
-    spec = np.fft.rfft(frames(wave, fe) * hann_window(fe.n_fft), axis=1)
-    power = (spec.real**2 + spec.imag**2).astype(np.float32)
-    return np.log(power @ mel_filterbank(fe) + fe.log_floor).astype(np.float32)
+    return LogMel(len(wave), fe)(wave).copy()
+
+
+class LogMel:
+    """`log_mel` with every buffer allocated here, for waveforms of up to `max_samples`: the
+    runtime's per-hop front end (speaker statistics). `__call__` returns a view of its own
+    output buffer [n_frames(len(wave)), n_mels], overwritten by the next call."""
+
+    def __init__(self, max_samples: int, fe: AudioFrontEnd = AUDIO) -> None:
+        n = n_frames(max_samples, fe)
+        if n < 1:
+            raise ValueError(f"log_mel needs at least {2 * fe.hop} samples, got {max_samples}")
+        self.fe = fe
+        self._hann = hann_window(fe.n_fft)
+        self._mel = mel_filterbank(fe)
+        self._frames = np.empty((n, fe.n_fft), np.float32)
+        self._spec = np.empty((n, fe.n_fft // 2 + 1), np.complex64)
+        self._power, self._im = np.empty((2, n, fe.n_fft // 2 + 1), np.float32)
+        self._out = np.empty((n, fe.n_mels), np.float32)
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        """float32 [T] (read only), T <= max_samples -> log-mel view [T // hop - 1, n_mels]."""
+        hop, n = self.fe.hop, n_frames(len(wave), self.fe)
+        if not 1 <= n <= len(self._out):
+            raise ValueError(f"log_mel needs {2 * hop}..{(len(self._out) + 1) * hop} samples, got {len(wave)}")
+        hops = wave[: (n + 1) * hop].reshape(n + 1, hop)
+        x, spec, power, im, out = self._frames[:n], self._spec[:n], self._power[:n], self._im[:n], self._out[:n]
+        np.copyto(x[:, :hop], hops[:-1])
+        np.copyto(x[:, hop:], hops[1:])
+        np.multiply(x, self._hann, out=x)
+        np.fft.rfft(x, axis=1, out=spec)
+        np.multiply(spec.real, spec.real, out=power)
+        np.multiply(spec.imag, spec.imag, out=im)
+        np.add(power, im, out=power)
+        np.matmul(power, self._mel, out=out)
+        np.add(out, self.fe.log_floor, out=out)
+        return np.log(out, out=out)
 
 
 @dataclass(frozen=True)

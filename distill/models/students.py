@@ -3,7 +3,9 @@
 AudioStudent (Wav2Small-style), <= 100K parameters:
   In:  waveform float32 [B, T] (16 kHz, T a multiple of hop; the runtime feeds 2.0 s).
   -> `frontend` (LogMelFrontEnd, fixed weights) -> log-mel [B, F, n_mels]
-  -> per-utterance normalization: (x - mean) / sqrt(var + eps) over all frames and bands
+  -> per-utterance normalization: (x - mean) / sqrt(var + eps) over all frames and bands, or
+     with `speaker_norm` per band by a second input, the speaker statistics [B, 2, n_mels]
+     (SpeakerNorm; live speaker adaptation, edge/speaker.py)
   -> 5 x (Conv3x3 + BatchNorm + ReLU), MaxPool 2x2 after the first four, on the [F, n_mels]
      image -> mean over the mel axis -> [mean over time, max over time] [2C] -> `embedding`
      Linear (D = 32) -> ReLU -> Linear -> logits. (The mean+max pooling replaced a
@@ -60,6 +62,17 @@ class UtteranceNorm(nn.Module):
         return centered / torch.sqrt((centered * centered).mean(dim=(1, 2), keepdim=True) + self.eps)
 
 
+class SpeakerNorm(nn.Module):
+    """Per-band standardization of a log-mel [B, F, M] by a speaker's statistics [B, 2, M]
+    (row 0 band means, row 1 band standard deviations; edge/speaker.py computes them from the
+    voiced audio heard so far, or from the window alone): removes the speaker's and the
+    channel's timbre, keeps what moves within the speaker's range. Float in the int8 graph
+    (upstream of the first Conv, like the front end)."""
+
+    def forward(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        return (x - stats[:, 0:1, :]) / stats[:, 1:2, :]
+
+
 class EmbeddingHead(nn.Module):
     """features [B, C] -> (logits [B, n], embedding [B, D])."""
 
@@ -78,10 +91,13 @@ class AudioStudent(nn.Module):
     """Raw waveform -> (logits, embedding); log-mel inside the model (module docstring)."""
 
     def __init__(self, n_labels: int = 8, fe: AudioFrontEnd = AUDIO,
-                 channels: tuple[int, ...] = AUDIO_CHANNELS, dropout: float = 0.3) -> None:
+                 channels: tuple[int, ...] = AUDIO_CHANNELS, dropout: float = 0.3,
+                 speaker_norm: bool = False) -> None:
         super().__init__()
         self.frontend = LogMelFrontEnd(fe)
-        self.norm = UtteranceNorm()
+        self.speaker_norm = speaker_norm
+        """True: a second input, the speaker statistics [B, 2, n_mels] (SpeakerNorm)."""
+        self.norm = SpeakerNorm() if speaker_norm else UtteranceNorm()
         layers: list[nn.Module] = []
         cin = 1
         for i, cout in enumerate(channels):
@@ -92,8 +108,8 @@ class AudioStudent(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = EmbeddingHead(2 * cin, n_labels, dropout)
 
-    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.norm(self.frontend(wave))
+    def forward(self, wave: torch.Tensor, stats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.norm(self.frontend(wave), stats) if self.speaker_norm else self.norm(self.frontend(wave))
         if self.training:
             x = spec_augment(x)
         x = self.body(x.unsqueeze(1)).mean(dim=3)             # [B, C, frames]
