@@ -30,23 +30,34 @@ _LOGGER = logging.getLogger(__name__)
 OPSET = 17
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path, input_name: str,
-                output_names: Sequence[str] = ("logits", "embedding"), dynamic_time_axis: bool = False) -> Path:
-    """Export `model` (eval mode, constant folding) to ONNX opset 17; axis 1 dynamic if asked."""
+def export_onnx(model: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], path: str | Path,
+                input_name: str | Sequence[str], output_names: Sequence[str] = ("logits", "embedding"),
+                dynamic_time_axis: bool = False) -> Path:
+    """Export `model` (eval mode, constant folding) to ONNX opset 17; axis 1 of the first input
+    dynamic if asked. Several inputs: a tuple of examples and a list of names."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    dynamic = {input_name: {1: "time"}} if dynamic_time_axis else None
+    examples = example if isinstance(example, tuple) else (example,)
+    names = [input_name] if isinstance(input_name, str) else list(input_name)
+    dynamic = {names[0]: {1: "time"}} if dynamic_time_axis else None
     with torch.no_grad():
-        torch.onnx.export(model, (example,), str(path), input_names=[input_name], output_names=list(output_names),
+        torch.onnx.export(model, examples, str(path), input_names=names, output_names=list(output_names),
                           opset_version=OPSET, do_constant_folding=True, dynamic_axes=dynamic, dynamo=False)
     _LOGGER.info("wrote %s", path)
     return path
 
 
+def as_feed(input_name: str, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One model input as a feed: an array for `input_name`, or already a feed (several inputs,
+    e.g. the waveform and the speaker statistics)."""
+    items = x.items() if isinstance(x, dict) else ((input_name, x),)
+    return {k: np.asarray(v, dtype=np.float32) for k, v in items}
+
+
 class _Calibration(CalibrationDataReader):
-    def __init__(self, input_name: str, inputs: Iterable[np.ndarray]) -> None:
-        self._feeds = iter([{input_name: np.asarray(x, dtype=np.float32)} for x in inputs])
+    def __init__(self, input_name: str, inputs: Iterable[np.ndarray | dict[str, np.ndarray]]) -> None:
+        self._feeds = iter([as_feed(input_name, x) for x in inputs])
 
     def get_next(self) -> dict | None:
         return next(self._feeds, None)
@@ -122,7 +133,7 @@ def agreement(bundle_path: str | Path, inputs: list[np.ndarray], labels: np.ndar
     """Argmax agreement of float ORT, int8 ORT and the numpy interpreter over `inputs`,
     and float/int8 accuracy when `labels` (class indices) are given."""
     bundle = load_bundle(bundle_path)
-    feeds = [{bundle.input_name: np.asarray(x, dtype=np.float32)} for x in inputs]
+    feeds = [as_feed(bundle.input_name, x) for x in inputs]
     float_ort = OrtSession(bundle.payload("onnx"), bundle.outputs)
     int8_ort = OrtSession(bundle.payload("int8.onnx"), bundle.outputs)
     interp = NumpyInterpreter(bundle.payload("npz"))

@@ -378,10 +378,15 @@ def report_from_probs(probs: np.ndarray, data: Arrays, labels: list[str]) -> dic
     return classification_report([labels[i] for i in data.y], [labels[i] for i in probs.argmax(1)], labels)
 
 
-def input_spec(modality: str) -> dict:
+STATS_INPUT = "speaker_stats"
+"""The second input of a speaker-normalized audio student: statistics [1, 2, n_mels] (edge/speaker.py)."""
+
+
+def input_spec(modality: str, speaker_norm: bool = False) -> dict:
     if modality == "audio":
-        return {"name": "waveform", "shape": [1, -1], "dtype": "float32", "frontend": AUDIO.to_dict(),
+        spec = {"name": "waveform", "shape": [1, -1], "dtype": "float32", "frontend": AUDIO.to_dict(),
                 "window_s": WINDOW_S}
+        return {**spec, "speaker_stats": STATS_INPUT} if speaker_norm else spec
     return {"name": "face", "shape": [1, 1, FACE.size, FACE.size], "dtype": "float32", "face": FACE.to_dict(),
             "mirror_average": True}
 
@@ -434,15 +439,26 @@ def student_bundle(student: torch.nn.Module, modality: str, labels: list[str], f
 
     from distill.export import export_onnx
     from distill.quantize import load_scheme, make_bundle
-    spec = input_spec(modality)
+    speaker = getattr(student, "speaker_norm", False)
+    spec = input_spec(modality, speaker)
     example = torch.zeros(1, crop_samples()) if modality == "audio" else torch.zeros(1, 1, FACE.size, FACE.size)
+    names = [spec["name"], STATS_INPUT] if speaker else spec["name"]
+    example = (example, torch.ones(1, 2, AUDIO.n_mels)) if speaker else example
     manifest = {"name": modality, "modality": modality, "labels": labels, "input": spec,
                 "embedding_dim": EMBEDDING_DIM, "metrics": {}, "provenance": provenance}
+    feeds = with_own_stats if speaker else (lambda xs: xs)
+    xs, ys = singles(model_inputs(modality, calib), calib.y, 8)
     with tempfile.TemporaryDirectory() as tmp:
-        float_path = export_onnx(fold_batchnorm(student), example, Path(tmp) / "model.onnx", spec["name"],
+        float_path = export_onnx(fold_batchnorm(student), example, Path(tmp) / "model.onnx", names,
                                  dynamic_time_axis=modality == "audio")
-        return make_bundle(float_path, folder, load_scheme(target), calibration_sample(modality, calib), manifest,
-                           check=singles(model_inputs(modality, calib), calib.y, 8))
+        return make_bundle(float_path, folder, load_scheme(target), feeds(calibration_sample(modality, calib)),
+                           manifest, check=(feeds(xs), ys))
+
+
+def with_own_stats(windows: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Feeds of a speaker-normalized student: each window [1, T] with its own statistics."""
+    from edge.speaker import window_stats
+    return [{"waveform": w, STATS_INPUT: window_stats(w[0])} for w in windows]
 
 
 def crossval_metrics(crossval: Path | None) -> dict:

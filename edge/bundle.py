@@ -59,6 +59,9 @@ class Bundle:
     """Face only: average the answers for the crop and its mirror image (input.mirror_average)."""
     detector: dict | None = None
     """Detector only: input.detector (score_threshold, nms_iou)."""
+    stats_input: str | None = None
+    """Audio only: the name of the second input, the speaker statistics [1, 2, n_mels]
+    (input.speaker_stats; edge/speaker.py), or None for a model that normalizes by itself."""
 
     def has_payload(self, kind: str) -> bool:
         return PAYLOADS.get(kind) in self.manifest["files"]
@@ -168,6 +171,10 @@ def _check_input(modality: str, spec: dict, bad) -> None:
         _settings(spec, "frontend", AudioFrontEnd, bad)
         if len(shape) != 2 or not isinstance(spec.get("window_s"), (int, float)) or spec["window_s"] <= 0:
             raise bad(f"an audio bundle needs input.shape [1, T] and a positive input.window_s, got {shape}")
+        stats = spec.get("speaker_stats")
+        if "speaker_stats" in spec and (not isinstance(stats, str) or not stats or stats == spec["name"]):
+            raise bad(f"input.speaker_stats must name the speaker-statistics input (not {spec['name']!r}), "
+                      f"got {stats!r}")
     elif modality == "face":
         face = _settings(spec, "face", FaceInput, bad)
         if shape != [1, 1, face.size, face.size]:
@@ -234,4 +241,5 @@ def _build(folder: Path, m: dict) -> Bundle:
         window_s=float(spec["window_s"]) if "window_s" in spec else None,
         mirror_average=m["modality"] == "face" and spec.get("mirror_average", False),
         detector=dict(spec["detector"]) if m["modality"] == "detector" else None,
+        stats_input=spec.get("speaker_stats") if m["modality"] == "audio" else None,
     )

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from edge.features import log_mel
 from edge.settings import AUDIO
 
 STD_EPS = 1e-2
@@ -82,3 +83,10 @@ def causal_order(speakers: Sequence[str], seed: int = 0) -> list[int]:
     for i, speaker in enumerate(speakers):
         groups.setdefault(speaker, []).append(i)
     return [group[j] for group in groups.values() for j in rng.permutation(len(group))]
+
+
+def window_stats(wave: np.ndarray) -> np.ndarray:
+    """The statistics of one waveform's own log-mel, float32 [1, 2, n_mels] (a new array): what
+    a model without adaptation gets (calibration, checks; the runtime keeps its own buffers)."""
+    logmel = log_mel(wave)
+    return band_stats(moments(logmel), len(logmel))[None]
