@@ -71,13 +71,17 @@ def fold_data(fold: str, items: dict[str, list], with_emodb: bool, cache: Path) 
     return train, held
 
 
+def adapt_modes(model: torch.nn.Module) -> tuple[tuple[bool, str], ...]:
+    """(adapt, report-name suffix) pairs a fold's student is scored with."""
+    return ((True, ""), (False, NO_ADAPT)) if model.speaker_norm else ((True, ""),)
+
+
 def score(model: torch.nn.Module, held: dict[str, Arrays]) -> dict:
     """Report per held-out part; a speaker-normalized student is scored causally (its speaker's
     statistics over the files played so far) and, as `<part>_no_adapt`, on each window's own."""
     out = {}
-    modes = ((True, ""), (False, NO_ADAPT)) if model.speaker_norm else ((True, ""),)
     for name, data in held.items():
-        for adapt, suffix in modes:
+        for adapt, suffix in adapt_modes(model):
             probs = predict(model, data, adapt=adapt)
             out[name + suffix] = emodb_from_probs(probs, data) if name == "emodb" else \
                 report_from_probs(probs, data, AUDIO_LABELS)
@@ -135,8 +139,10 @@ def score_fold(fold: str, items: dict[str, list], out: Path, target: str) -> dic
     rows = {"ravdess": [Row(Path(it.audio), it.label, it.speaker) for it in items["ravdess"] if it.speaker in held]}
     if not trained["with_emodb"] and fold != "emodb":
         rows["emodb"] = [Row(Path(it.audio), it.label, it.speaker) for it in items["emodb"]]
+    reports = {k + suffix: payload_report(folder, "int8.onnx", v, adapt)
+               for k, v in rows.items() for adapt, suffix in adapt_modes(student)}
     result = {"fold": fold, "bundle": str(folder), "agreement": json.loads((folder / "manifest.json").read_text())[
-        "agreement"], "reports": {k: payload_report(folder, "int8.onnx", v) for k, v in rows.items()}}
+        "agreement"], "reports": reports}
     (out / f"fold{fold}-runtime.json").write_text(json.dumps(result, indent=1))
     return result
 

@@ -529,15 +529,16 @@ def held_out_metrics(folder: Path, modality: str, root: Path, labels: list[str],
     return out
 
 
-def payload_report(folder: Path, kind: str, rows: list) -> dict:
+def payload_report(folder: Path, kind: str, rows: list, adapt: bool = True) -> dict:
     """`avemo-edge eval`'s report (without its item list) for the bundle's `kind` payload run
-    by onnxruntime: the same replay, gate and pooling (audio) or crop and mirror (face)."""
+    by onnxruntime: the same replay, gate and pooling (audio) or crop and mirror (face), and
+    the same causal per-speaker order for a model that adapts to the speaker (`adapt`)."""
     from edge.backends.onnxruntime import OrtSession
     from edge.bundle import load_bundle
     from edge.evaluate import evaluate_rows, scorer
     from edge.profiles import load_profile
     bundle = load_bundle(folder)
-    score_item = scorer(folder, bundle.modality, load_profile("x86"), "onnxruntime")
+    score_item = scorer(folder, bundle.modality, load_profile("x86"), "onnxruntime", adapt=adapt)
     score_item.model.session = OrtSession(bundle.payload(kind), bundle.outputs)
     report = evaluate_rows(score_item, bundle.labels, rows)
     report.pop("items")

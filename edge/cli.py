@@ -43,6 +43,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "onnxruntime", "litert"])
 
 
+def _add_adapt_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-adapt", action="store_true",
+                   help="no live speaker adaptation: an audio model with a speaker-statistics input gets "
+                        "each window's own statistics")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="avemo-edge", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--serve", metavar="[HOST:]PORT", help="live web view of the stream (default host "
                      "127.0.0.1; any other host needs the printed token URL)")
     _add_model_args(run)
+    _add_adapt_arg(run)
     info = sub.add_parser("info", help="models, backends, profile and devices found")
     _add_model_args(info)
     ev = sub.add_parser("eval", help="score a model on a data folder (labels.csv)")
@@ -78,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--detect", action="store_true", help="run the face detector on images first")
     ev.add_argument("--limit", type=int, help="score only the first N rows")
     _add_model_args(ev)
+    _add_adapt_arg(ev)
     return parser
 
 
@@ -117,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        duration=args.duration, realtime=args.realtime,
                        audio_model=None if args.no_audio else args.audio_model,
                        face_model=args.face_model, serve=args.serve, detector=args.detector,
-                       capture=args.capture)
+                       capture=args.capture, adapt=not args.no_adapt)
     results, fused, warned = [], Counter(), set()
     stop_requested = _stop_on_signals()
     try:
@@ -163,8 +171,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from edge.metrics import format_report, plot_confusion
     from edge.profiles import load_profile
     report = evaluate(args.model, args.data, load_profile(args.profile), args.backend, detect=args.detect,
-                      limit=args.limit)
+                      limit=args.limit, adapt=not args.no_adapt)
     print(format_report(report))
+    if "no_adapt" in report:
+        print(f"speaker adaptation (causal, per speaker): UAR {report['uar']:.4f}; "
+              f"without (--no-adapt): UAR {report['no_adapt']['uar']:.4f}")
     if report["no_answer"]:
         print(f"no answer for {report['no_answer']} items (no voiced hop / no face found)")
     mapping = report["label_mapping"]

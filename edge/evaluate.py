@@ -15,6 +15,12 @@ over its voiced hops; a file with no voiced hop gets no answer and counts as an 
 standardized like live crops, or run through the face detector first with `detect=True`
 (for photos that are not tight face crops). `report["items"]` lists every item: path, truth,
 predicted label (None: no answer) and probabilities.
+
+An audio model with a speaker-statistics input (live speaker adaptation, edge/speaker.py) is
+scored causally: each speaker's files are played one after the other in a fixed shuffled order,
+the statistics carried from file to file (and forgotten where the next speaker starts), so file
+i is answered with what the device would have heard by then; `report["no_adapt"]` is the same
+model's answer without adaptation. `adapt=False` (`--no-adapt`) scores only that.
 """
 from __future__ import annotations
 
@@ -135,6 +141,12 @@ class AudioReplay:
 
     def __init__(self, pipeline) -> None:
         self.pipeline, self.model = pipeline, pipeline.audio
+        adaptation = pipeline.adaptation
+        self.adapts = adaptation is not None and adaptation.enabled
+        """True: the model adapts to its speaker (statistics carried from file to file)."""
+
+    def reset_speaker(self) -> None:
+        self.pipeline.reset_speaker()
 
     def __call__(self, path_or_wave: Path | np.ndarray) -> np.ndarray | None:
         from edge.audio import read_audio
@@ -151,21 +163,37 @@ class AudioReplay:
 
 
 def scorer(model_name: str | Path, modality: str, profile, backend: str = "auto", detect: bool = False,
-           hop_s: float | None = None):
-    """The scorer `avemo-edge eval` uses for a bundle: AudioReplay or FaceScorer."""
+           hop_s: float | None = None, adapt: bool = True):
+    """The scorer `avemo-edge eval` uses for a bundle: AudioReplay or FaceScorer (`adapt`: an
+    audio model with a speaker-statistics input adapts to each speaker)."""
     from edge.pipeline import Model, Pipeline
     if modality == "audio":
         return AudioReplay(Pipeline(profile, audio_model=str(model_name), face_model=None, backend=backend,
-                                    hop_s=hop_s))
+                                    hop_s=hop_s, adapt=adapt))
     from edge.bundle import load_bundle
     model = Model(load_bundle(model_name), backend, profile.runtime.backends, profile.device.threads)
     return FaceScorer(model, detect)
 
 
+def play_order(score_item, rows: list[Row]) -> list[Row]:
+    """The order rows are scored in: for a scorer that adapts to the speaker, each speaker's
+    files one after the other in a fixed shuffled order (edge.speaker.causal_order), as a live
+    device would hear them; else as given."""
+    if not getattr(score_item, "adapts", False):
+        return rows
+    from edge.speaker import causal_order
+    return [rows[i] for i in causal_order([row.speaker for row in rows])]
+
+
 def evaluate_rows(score_item, labels: tuple[str, ...], rows: list[Row]) -> dict:
-    """Score every row with `score_item` (path -> probabilities or None); report + items."""
-    items = []
-    for row in rows:
+    """Score every row with `score_item` (path -> probabilities or None), in `play_order` (an
+    adapting scorer forgets the speaker where the next one starts); report + items (in the
+    order played)."""
+    items, speaker = [], None
+    for row in play_order(score_item, rows):
+        if getattr(score_item, "adapts", False) and row.speaker != speaker:
+            score_item.reset_speaker()
+            speaker = row.speaker
         probs = score_item(row.path)
         predicted = None if probs is None else labels[int(np.argmax(probs))]
         items.append({"path": str(row.path), "speaker": row.speaker, "truth": row.label, "predicted": predicted,
@@ -177,14 +205,20 @@ def evaluate_rows(score_item, labels: tuple[str, ...], rows: list[Row]) -> dict:
 
 
 def evaluate(model_name: str | Path, folder: str | Path, profile, backend: str = "auto", detect: bool = False,
-             limit: int | None = None) -> dict:
-    """Score the bundle `model_name` on a data folder; see module docstring."""
+             limit: int | None = None, adapt: bool = True) -> dict:
+    """Score the bundle `model_name` on a data folder; see module docstring. A model that adapts
+    to the speaker is scored causally per speaker, and `report["no_adapt"]` is its answer
+    without adaptation (each window's own statistics) on the same files."""
     from edge.bundle import load_bundle
     if limit is not None:
         in_range("limit (--limit)", limit, 1, 10**9, whole=True)
     bundle = load_bundle(model_name)
     rows = read_labels_csv(folder, bundle.modality)[:limit]
-    report = evaluate_rows(scorer(model_name, bundle.modality, profile, backend, detect), bundle.labels, rows)
+    score_item = scorer(model_name, bundle.modality, profile, backend, detect, adapt=adapt)
+    report = evaluate_rows(score_item, bundle.labels, rows)
+    if getattr(score_item, "adapts", False):
+        report["no_adapt"] = evaluate_rows(scorer(model_name, "audio", profile, backend, adapt=False),
+                                           bundle.labels, rows)
     report["model"] = bundle.name
     report["data"] = str(folder)
     return report

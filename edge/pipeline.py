@@ -24,6 +24,7 @@ from edge.fusion import CommonSpace, Fusion
 from edge.profiles import Profile
 from edge.ring import AudioRing, FrameRing
 from edge.settings import AUDIO
+from edge.speaker import Adaptation
 
 MIN_AUDIO_S = 0.5
 """Shortest window the audio student is run on (at the start of a stream)."""
@@ -83,8 +84,12 @@ class Model:
         self._mirror = np.zeros(bundle.input_shape, np.float32) if bundle.mirror_average else None
         self._mirror_probs = np.zeros_like(self.probs)
         self._mean_embedding = np.zeros(bundle.embedding_dim, np.float32)
+        self._feeds: dict[str, np.ndarray | None] = {bundle.input_name: None}
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities for input `x` (and, for a bundle with a statistics input, `stats`)."""
+        if stats is not None:
+            self._feeds[self.bundle.stats_input] = stats
         self.embedding = self._run(x, self.probs)
         if self._mirror is not None:
             self._add_mirror(x)
@@ -105,7 +110,8 @@ class Model:
 
     def _run(self, x: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
         """Softmax of the logits for `x` into `probs`; returns the embedding (or None)."""
-        out = self.session.run({self.bundle.input_name: x})
+        self._feeds[self.bundle.input_name] = x
+        out = self.session.run(self._feeds)
         logits = out["logits"].reshape(-1)
         np.subtract(logits, logits.max(), out=probs)
         np.exp(probs, out=probs)
@@ -128,7 +134,7 @@ def common_space(audio: Bundle | None, face: Bundle | None, labels: tuple[str, .
 class Pipeline:
     def __init__(self, profile: Profile, audio_model: str | None = "audio",
                  face_model: str | None = "face", backend: str = "auto",
-                 hop_s: float | None = None, detector: str | FaceDetector = "cnn") -> None:
+                 hop_s: float | None = None, detector: str | FaceDetector = "cnn", adapt: bool = True) -> None:
         if audio_model is None and face_model is None:
             raise ConfigError("nothing to run: give an audio model, a face model or both")
         self.profile = profile
@@ -136,7 +142,7 @@ class Pipeline:
         threads, order = profile.device.threads, profile.runtime.backends
         self.audio = Model(load_bundle(audio_model), backend, order, threads) if audio_model else None
         self.face = Model(load_bundle(face_model), backend, order, threads) if face_model else None
-        self._setup_audio()
+        self._setup_audio(adapt)
         self._setup_face(detector, backend)
         labels = (self.audio.labels if self.audio else (), self.face.labels if self.face else ())
         self.fusion = Fusion(*labels, audio_weight=profile.fusion.audio_weight,
@@ -146,8 +152,9 @@ class Pipeline:
                                           self.face and self.face.bundle, self.fusion.labels)
         self.latency: dict[str, float] = {}
 
-    def _setup_audio(self) -> None:
-        """The window the audio bundle was trained on (its manifest's input.window_s)."""
+    def _setup_audio(self, adapt: bool) -> None:
+        """The window the audio bundle was trained on (its manifest's input.window_s), and the
+        speaker statistics when the bundle takes them (`adapt` False: the window's own only)."""
         window_s = self.audio.bundle.window_s if self.audio else 1.0
         if window_s >= self.profile.audio.ring_s:
             raise ConfigError(f"profile {self.profile.name}: audio.ring_s = {self.profile.audio.ring_s} s cannot hold "
@@ -155,6 +162,15 @@ class Pipeline:
         self.window = np.zeros((1, window_samples(window_s)), np.float32)
         self.gate = VoiceGate(self.window.shape[1], threshold_dbfs=self.profile.audio.vad_dbfs)
         self.min_samples = int(MIN_AUDIO_S * AUDIO.sample_rate)
+        a = self.profile.audio
+        self.adaptation = Adaptation(self.window.shape[1], a.adapt_min_s, a.adapt_reset_s, adapt) \
+            if self.audio and self.audio.bundle.stats_input else None
+
+    def reset_speaker(self) -> None:
+        """Forget the running speaker statistics (a new person is talking); a no-op for an
+        audio model without a statistics input."""
+        if self.adaptation is not None:
+            self.adaptation.reset()
 
     def _setup_face(self, detector: str | FaceDetector, backend: str) -> None:
         """`detector`: "cnn", "haar", a detector bundle path (make_detector) or a detector object."""
@@ -177,7 +193,7 @@ class Pipeline:
         self.latency[stage] = round((now - start) * 1e3, 3)
         return now
 
-    def _audio_step(self, ring: AudioRing, until: int) -> dict:
+    def _audio_step(self, ring: AudioRing, until: int, t: float) -> dict:
         start = time.perf_counter()
         try:
             real = ring.read_latest(self.window[0], until)
@@ -188,9 +204,11 @@ class Pipeline:
         voiced = speech and real >= self.min_samples
         start = self._timed("vad", start)
         result = {"voiced": voiced, "level_dbfs": round(self.gate.level_dbfs, 1), "label": None, "probs": None}
+        n = min(real, self.window.shape[1]) // AUDIO.hop * AUDIO.hop
+        x = self.window[:, self.window.shape[1] - n:]
+        stats = self.adaptation.update(x[0], until, t, voiced) if self.adaptation is not None else None
         if voiced:
-            n = min(real, self.window.shape[1]) // AUDIO.hop * AUDIO.hop
-            probs = self.audio(self.window[:, self.window.shape[1] - n:])
+            probs = self.audio(x, stats)
             result.update(label=self.audio.labels[int(np.argmax(probs))],
                           probs=_probs_dict(self.audio.labels, probs))
         self._timed("audio", start)
@@ -222,7 +240,7 @@ class Pipeline:
         """
         self.latency = {}
         begin = time.perf_counter()
-        audio = self._audio_step(audio_ring, int(round(t * AUDIO.sample_rate))) \
+        audio = self._audio_step(audio_ring, int(round(t * AUDIO.sample_rate)), t) \
             if self.audio and audio_ring is not None else None
         now = t if frame_clock is None else frame_clock
         face = self._face_step(now, frame_ring) if self.face and frame_ring is not None else None

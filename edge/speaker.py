@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edge.features import log_mel
+from edge.features import LogMel, log_mel
 from edge.settings import AUDIO
 
 STD_EPS = 1e-2
@@ -90,3 +90,50 @@ def window_stats(wave: np.ndarray) -> np.ndarray:
     a model without adaptation gets (calibration, checks; the runtime keeps its own buffers)."""
     logmel = log_mel(wave)
     return band_stats(moments(logmel), len(logmel))[None]
+
+
+class Adaptation:
+    """The audio stage's speaker statistics for a model with a statistics input.
+
+    `update(window, until, t, voiced)` runs every hop: on a voiced hop it adds the log-mel
+    frames of the audio new since the previous hop (not the whole window again) to the running
+    `SpeakerStats` and returns what the model gets: the speaker's statistics once `min_s`
+    seconds of voiced audio are in, before that (and always when `enabled` is False) the
+    window's own. A voiced hop more than `reset_s` after the previous voiced one starts a new
+    speaker (`reset()` does it on demand). A hop whose sample index `until` or time `t` goes
+    back starts a new recording of the same speaker (`avemo-edge eval` plays a speaker's files
+    one after the other). Every buffer is allocated here; the returned array is owned here.
+    """
+
+    def __init__(self, window_samples: int, min_s: float, reset_s: float, enabled: bool = True) -> None:
+        self.enabled, self.reset_s = enabled, reset_s
+        self.min_frames = min_s * AUDIO.sample_rate / AUDIO.hop
+        self.logmel = LogMel(window_samples)
+        self.speaker = SpeakerStats()
+        self._own = np.zeros((1, 2, AUDIO.n_mels), np.float32)
+        self._own_sums = np.zeros((2, AUDIO.n_mels))
+        self._until: int | None = None
+        self._voiced_t: float | None = None
+
+    def reset(self) -> None:
+        """Forget the speaker (a new person is talking)."""
+        self.speaker.reset()
+        self._voiced_t = None
+
+    def update(self, window: np.ndarray, until: int, t: float, voiced: bool) -> np.ndarray | None:
+        """`window`: float32 [T] the model reads on this hop, ending at sample `until`, time `t`
+        (seconds). Returns the statistics [1, 2, n_mels] on a voiced hop, else None."""
+        new = until - self._until if self._until is not None and until >= self._until else len(window)
+        self._until = until
+        if not voiced:
+            return None
+        logmel = self.logmel(window)
+        if self.enabled:
+            if self._voiced_t is not None and t - self._voiced_t > self.reset_s:
+                self.speaker.reset()
+            self._voiced_t = t
+            self.speaker.add(logmel[max(0, len(logmel) - new // AUDIO.hop):])
+            if self.speaker.frames >= self.min_frames:
+                return self.speaker.stats()
+        band_stats(moments(logmel, self._own_sums), len(logmel), self._own[0])
+        return self._own

@@ -71,7 +71,7 @@ class Stream:
                  backend: str = "auto", hop: float | None = None, duration: float | None = None,
                  audio_model: str | None = "audio", face_model: str | None = "face",
                  realtime: bool = False, detector: str | FaceDetector = "cnn",
-                 capture: str = "ffmpeg", serve: str | int | None = None) -> None:
+                 capture: str = "ffmpeg", serve: str | int | None = None, adapt: bool = True) -> None:
         live, replay = mic not in (None, False) or camera is not None, audio is not None or video is not None
         if live == replay:
             raise ConfigError("give live sources (mic/camera) or a recording (audio/video file), not both or neither")
@@ -88,7 +88,7 @@ class Stream:
         has_audio = (self.replay.wave is not None) if replay else mic not in (None, False)
         has_video = (self.replay.video is not None) if replay else camera is not None
         self.pipeline = Pipeline(self.profile, audio_model if has_audio else None,
-                                 face_model if has_video else None, backend, hop, detector)
+                                 face_model if has_video else None, backend, hop, detector, adapt)
         self._mic_spec, self._camera_spec = mic, camera
         self.audio_ring = AudioRing(int(self.profile.audio.ring_s * AUDIO.sample_rate)) if has_audio else None
         self.frame_ring = None
@@ -98,6 +98,10 @@ class Stream:
         if serve is not None:
             from edge.serve import LiveServer
             self.server = LiveServer(serve, self.profile.serve.max_clients)
+
+    def reset_speaker(self) -> None:
+        """Forget the speaker statistics the audio model adapts to (a new person is talking)."""
+        self.pipeline.reset_speaker()
 
     # -- setup / teardown -------------------------------------------------------------
     def __enter__(self) -> "Stream":

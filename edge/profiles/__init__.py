@@ -44,6 +44,11 @@ class Audio:
     hop_s: float
     ring_s: float
     vad_dbfs: float
+    adapt_min_s: float
+    """Voiced audio heard before an audio model with a speaker-statistics input gets the
+    speaker's statistics (before: the window's own; edge/speaker.py)."""
+    adapt_reset_s: float
+    """A silence longer than this (no voiced hop) forgets the speaker's statistics."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,8 @@ def _check(profile: Profile, where: str) -> Profile:
         raise ConfigError(f"{where}: quantization.scheme must be 'int8' or 'fp16', got {profile.quantization.scheme!r}")
     if not 0 < profile.audio.hop_s < profile.audio.ring_s:
         raise ConfigError(f"{where}: need 0 < audio.hop_s < audio.ring_s")
+    if profile.audio.adapt_min_s < 0 or profile.audio.adapt_reset_s <= 0:
+        raise ConfigError(f"{where}: need audio.adapt_min_s >= 0 and audio.adapt_reset_s > 0")
     if profile.video.fps_cap <= 0 or profile.video.detect_every < 1 or profile.video.ring_frames < 2:
         raise ConfigError(f"{where}: need video.fps_cap > 0, video.detect_every >= 1, video.ring_frames >= 2")
     if profile.device.threads < 1:
