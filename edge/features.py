@@ -63,28 +63,29 @@ def log_mel(wave: np.ndarray, fe: AudioFrontEnd = AUDIO) -> np.ndarray:
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim != 1:
         raise ValueError(f"log_mel expects a mono 1-D waveform, got shape {wave.shape}")
-    return LogMel(len(wave), fe)(wave).copy()
+    return LogMel(len(wave), fe)(wave).astype(np.float32)
 
 
 class LogMel:
     """`log_mel` with every buffer allocated here, for waveforms of up to `max_samples`: the
     runtime's per-hop front end (speaker statistics). `__call__` returns a view of its own
-    output buffer [n_frames(len(wave)), n_mels], overwritten by the next call."""
+    float64 output buffer [n_frames(len(wave)), n_mels], overwritten by the next call. It
+    computes in float64: numpy's float32 FFT and mixed-precision ufuncs allocate copies."""
 
     def __init__(self, max_samples: int, fe: AudioFrontEnd = AUDIO) -> None:
         n = n_frames(max_samples, fe)
         if n < 1:
             raise ValueError(f"log_mel needs at least {2 * fe.hop} samples, got {max_samples}")
         self.fe = fe
-        self._hann = hann_window(fe.n_fft)
-        self._mel = mel_filterbank(fe)
-        self._frames = np.empty((n, fe.n_fft), np.float32)
-        self._spec = np.empty((n, fe.n_fft // 2 + 1), np.complex64)
-        self._power, self._im = np.empty((2, n, fe.n_fft // 2 + 1), np.float32)
-        self._out = np.empty((n, fe.n_mels), np.float32)
+        self._hann = np.tile(hann_window(fe.n_fft).astype(np.float64), (n, 1))  # ufuncs allocate to broadcast
+        self._mel = mel_filterbank(fe).astype(np.float64)
+        self._frames = np.empty((n, fe.n_fft))
+        self._spec = np.empty((n, fe.n_fft // 2 + 1), np.complex128)
+        self._power, self._im = np.empty((2, n, fe.n_fft // 2 + 1))
+        self._out = np.empty((n, fe.n_mels))
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
-        """float32 [T] (read only), T <= max_samples -> log-mel view [T // hop - 1, n_mels]."""
+        """float32 [T] (read only), T <= max_samples -> float64 log-mel view [T // hop - 1, n_mels]."""
         hop, n = self.fe.hop, n_frames(len(wave), self.fe)
         if not 1 <= n <= len(self._out):
             raise ValueError(f"log_mel needs {2 * hop}..{(len(self._out) + 1) * hop} samples, got {len(wave)}")
@@ -92,7 +93,7 @@ class LogMel:
         x, spec, power, im, out = self._frames[:n], self._spec[:n], self._power[:n], self._im[:n], self._out[:n]
         np.copyto(x[:, :hop], hops[:-1])
         np.copyto(x[:, hop:], hops[1:])
-        np.multiply(x, self._hann, out=x)
+        np.multiply(x, self._hann[:n], out=x)
         np.fft.rfft(x, axis=1, out=spec)
         np.multiply(spec.real, spec.real, out=power)
         np.multiply(spec.imag, spec.imag, out=im)
