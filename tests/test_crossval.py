@@ -81,3 +81,21 @@ def test_one_fold_trains_scores_through_eval_and_is_skipped_when_done(tmp_path):
     stamp = (out / "fold0.json").stat().st_mtime_ns
     assert crossval.main(argv) == 0                                           # done: nothing retrained
     assert (out / "fold0.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_speaker_norm_fold_is_scored_causally_and_without_adaptation(tmp_path):
+    root = corpora(tmp_path / "data")
+    out = tmp_path / "cv"
+    argv = ["--data", str(root), "--out", str(out), "--folds", "0", "--epochs", "1", "--score", "--target", "x86",
+            "--speaker-norm"]
+    assert crossval.main(argv) == 0
+    fold = json.loads((out / "fold0.json").read_text())
+    scored = json.loads((out / "fold0-runtime.json").read_text())
+    assert fold["arch"] == {"speaker_norm": True}
+    for reports in (fold["reports"], scored["reports"]):
+        assert set(reports) == {"ravdess", "emodb", "ravdess_no_adapt", "emodb_no_adapt"}
+    manifest = json.loads((out / "fold0-bundle" / "manifest.json").read_text())
+    assert manifest["input"]["speaker_stats"] == "speaker_stats"
+    summary = json.loads((out / "summary-runtime.json").read_text())
+    assert summary["ravdess_no_adapt_uar"]["per_fold"] == [scored["reports"]["ravdess_no_adapt"]["uar"]]
