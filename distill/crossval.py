@@ -7,7 +7,8 @@ Out: under --out: `fold<k>.json` per finished fold (the held-out actors' report,
      `fold<k>.pt` (the fold's student, a few hundred KB); `fold<k>.ckpt` while a fold trains
      (deleted when done); `summary.json` with the mean and standard deviation over folds; one
      log line per epoch. `--score` then exports each fold's student to an int8 bundle
-     (`fold<k>-bundle/`, the --target's scheme, calibrated on two of its training actors) and
+     (`fold<k>-bundle/`, the --target's int8 scheme without a LiteRT payload, calibrated on two of
+     its training actors) and
      scores its held-out files the way `avemo-edge eval` does (edge.evaluate: the replay loop,
      voicing gate, pooling of voiced hops): `fold<k>-runtime.json`, `summary-runtime.json`.
      Those are the figures the shipped model's manifest carries.
@@ -17,6 +18,10 @@ actors each); the model trains on the other 16 for a fixed epoch count (no valid
 nothing is chosen on the fold's actors). `--with-emodb` adds EmoDB to every fold's training
 set (its boredom rows dropped), so EmoDB is then not a held-out corpus. `--fold emodb` is the
 reverse leave-one-corpus-out run: train on EmoDB alone, score all 20 RAVDESS actors.
+`--speaker-norm` trains the speaker-normalized student (live speaker adaptation,
+edge/speaker.py) and scores it twice: causally per speaker (each held-out speaker's files in a
+fixed shuffled order, file i normalized by that speaker's statistics over files 1..i; parts
+"ravdess", "emodb") and without adaptation (each window's own statistics; "<part>_no_adapt").
 
 Run the same command again after a stop: finished folds are skipped and the fold in progress
 resumes from its checkpoint. `python -m distill.crossval --help` lists the recipe options.
@@ -135,7 +140,7 @@ def score_fold(fold: str, items: dict[str, list], out: Path, target: str) -> dic
     calib = audio_arrays(calib_items[:: max(1, len(calib_items) // 120)], AUDIO_LABELS, out.parent / "cache")
     student = load_student(out / f"fold{fold}.pt", "audio")
     folder = student_bundle(student, "audio", AUDIO_LABELS, out / f"fold{fold}-bundle", target, calib,
-                            {"trained_on": f"cross-validation fold {fold}", "teacher": "none"})
+                            {"trained_on": f"cross-validation fold {fold}", "teacher": "none"}, tflite=False)
     rows = {"ravdess": [Row(Path(it.audio), it.label, it.speaker) for it in items["ravdess"] if it.speaker in held]}
     if not trained["with_emodb"] and fold != "emodb":
         rows["emodb"] = [Row(Path(it.audio), it.label, it.speaker) for it in items["emodb"]]

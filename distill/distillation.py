@@ -17,6 +17,9 @@ Loss = (1 - soft) * CE(labels, class weights (1/count)**balance, label smoothing
        last two terms only when teacher targets are given and kd is on)
      + qat * agreement_loss(float logits, fake-int8 logits of the same batch)   (distill/qat.py;
        only when FitConfig.qat > 0).
+A speaker-normalized audio student (AudioStudent(speaker_norm=True)) gets a second input, the
+speaker statistics [B, 2, n_mels] (`speaker_batch`; edge/speaker.py computes them), and is
+scored causally per speaker (`predict(..., adapt=True)`) or on each window's own statistics.
 Augmentation (train only, per batch, in torch): audio: random WINDOW_S crop, optional
 speed/pitch change by resampling, additive white or pink noise at a random SNR, random gain
 (FitConfig's audio fields); face: flip, small rotation/scale/shift, gamma and contrast, then the

@@ -146,7 +146,7 @@ def make_bundle(float_path: str | Path, out_dir: str | Path, scheme: QuantScheme
     with tempfile.TemporaryDirectory() as tmp:
         if scheme.scheme == "fp16":
             return _fp16_bundle(float_path, out_dir, scheme, manifest, Path(tmp))
-        _check_tflite_tools(scheme)
+        _check_tflite_tools(scheme, manifest)
         int8 = quantize_model(float_path, tmp, scheme, calib, manifest["input"]["name"])
         fields = {k: manifest[k] for k in ("name", "modality", "labels", "embedding_dim", "metrics", "provenance")}
         (out_dir / PAYLOADS["tflite"]).unlink(missing_ok=True)  # never list a stale one
@@ -163,8 +163,12 @@ def make_bundle(float_path: str | Path, out_dir: str | Path, scheme: QuantScheme
     return out_dir
 
 
-def _check_tflite_tools(scheme: QuantScheme) -> None:
+def _check_tflite_tools(scheme: QuantScheme, manifest: dict) -> None:
     from edge.backends import litert
+    if scheme.tflite and "speaker_stats" in manifest["input"]:
+        raise ConfigError(f"{scheme.target} asks for a .tflite (tflite = true), but this audio model has a second "
+                          f"input (speaker statistics) and the LiteRT converter takes one: quantize it for a "
+                          f"target with tflite = false (x86, jetson) or set tflite = false in a profile copy")
     if scheme.tflite and not litert.available():
         raise ConfigError(f"{scheme.target} asks for a .tflite (tflite = true): the converter needs "
                           f"ai-edge-litert for its flatbuffer schema; pip install avemo-edge[litert]")

@@ -432,9 +432,10 @@ def export_modality(modality: str, runs: Path, root: Path, models: Path, target:
 
 
 def student_bundle(student: torch.nn.Module, modality: str, labels: list[str], folder: Path, target: str,
-                   calib: Arrays, provenance: dict) -> Path:
+                   calib: Arrays, provenance: dict, tflite: bool = True) -> Path:
     """Float ONNX of `student` -> the target's bundle in `folder`, calibrated on and agreement
-    checked against `calib` (metrics left empty)."""
+    checked against `calib` (metrics left empty); `tflite` False leaves out the target's
+    LiteRT payload (a bundle only scored with onnxruntime)."""
     import tempfile
 
     from distill.export import export_onnx
@@ -451,7 +452,9 @@ def student_bundle(student: torch.nn.Module, modality: str, labels: list[str], f
     with tempfile.TemporaryDirectory() as tmp:
         float_path = export_onnx(fold_batchnorm(student), example, Path(tmp) / "model.onnx", names,
                                  dynamic_time_axis=modality == "audio")
-        return make_bundle(float_path, folder, load_scheme(target), feeds(calibration_sample(modality, calib)),
+        scheme = load_scheme(target)
+        scheme = scheme if tflite else replace(scheme, tflite=False)
+        return make_bundle(float_path, folder, scheme, feeds(calibration_sample(modality, calib)),
                            manifest, check=(feeds(xs), ys))
 
 

@@ -168,6 +168,19 @@ def test_two_input_export_runs_the_same_in_numpy_and_onnxruntime(speaker_bundle)
             np.testing.assert_allclose(interp.run(feed)["logits"], ort.run(feed)["logits"], atol=1e-3)
 
 
+def test_a_litert_target_refuses_the_two_input_model_in_one_line(tmp_path):
+    pytest.importorskip("torch")
+    from distill.distillation import Arrays
+    from distill.models.students import AudioStudent
+    from distill.ship import AUDIO_LABELS, student_bundle
+    from edge.errors import ConfigError
+    x = speech(3.0)[None]
+    calib = Arrays(x=x, y=np.zeros(1, np.int64), lengths=np.array([x.shape[1]]), speaker=np.array(["a"]))
+    model = AudioStudent(len(AUDIO_LABELS), channels=(4, 8), speaker_norm=True).eval()
+    with pytest.raises(ConfigError, match="second input .* tflite = false"):
+        student_bundle(model, "audio", AUDIO_LABELS, tmp_path / "audio", "rpi4", calib, {})
+
+
 def test_pipeline_feeds_statistics_and_reset_speaker_is_public(speaker_bundle):
     import edge
     with edge.open(audio=str(DEMO_WAV), audio_model=str(speaker_bundle), face_model=None) as stream:
