@@ -55,6 +55,13 @@ def as_feed(input_name: str, x: np.ndarray | dict[str, np.ndarray]) -> dict[str,
     return {k: np.asarray(v, dtype=np.float32) for k, v in items}
 
 
+def with_own_stats(windows: list[np.ndarray], input_name: str, stats_name: str) -> list[dict[str, np.ndarray]]:
+    """Feeds of an audio model with a speaker-statistics input: each window [1, T] with the
+    statistics of its own log-mel (calibration and agreement checks)."""
+    from edge.speaker import window_stats
+    return [{input_name: w, stats_name: window_stats(w[0])} for w in windows]
+
+
 class _Calibration(CalibrationDataReader):
     def __init__(self, input_name: str, inputs: Iterable[np.ndarray | dict[str, np.ndarray]]) -> None:
         self._feeds = iter([as_feed(input_name, x) for x in inputs])

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from distill.export import agreement, frontend_node_names, quantize_int8, write_bundle
+from distill.export import agreement, frontend_node_names, quantize_int8, with_own_stats, write_bundle
 from edge.bundle import FORMAT, MANIFEST, PAYLOADS, load_bundle, write_manifest
 from edge.errors import ConfigError
 
@@ -200,6 +200,8 @@ def quantize_target(target: str, models: Path, out: Path, calibration: dict[str,
     for folder in sorted(p.parent for p in Path(models).glob(f"*/{MANIFEST}")):
         bundle = load_bundle(folder)
         calib = calibration[bundle.modality]
+        if bundle.stats_input:
+            calib = with_own_stats(calib, bundle.input_name, bundle.stats_input)
         manifest = {**bundle.manifest, "provenance": {**bundle.manifest.get("provenance", {}),
                                                       "quantized_for": scheme.target}}
         written.append(make_bundle(bundle.payload("onnx"), out / bundle.name, scheme, calib, manifest,

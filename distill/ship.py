@@ -438,7 +438,7 @@ def student_bundle(student: torch.nn.Module, modality: str, labels: list[str], f
     LiteRT payload (a bundle only scored with onnxruntime)."""
     import tempfile
 
-    from distill.export import export_onnx
+    from distill.export import export_onnx, with_own_stats
     from distill.quantize import load_scheme, make_bundle
     speaker = getattr(student, "speaker_norm", False)
     spec = input_spec(modality, speaker)
@@ -447,7 +447,7 @@ def student_bundle(student: torch.nn.Module, modality: str, labels: list[str], f
     example = (example, torch.ones(1, 2, AUDIO.n_mels)) if speaker else example
     manifest = {"name": modality, "modality": modality, "labels": labels, "input": spec,
                 "embedding_dim": EMBEDDING_DIM, "metrics": {}, "provenance": provenance}
-    feeds = with_own_stats if speaker else (lambda xs: xs)
+    feeds = (lambda xs: with_own_stats(xs, spec["name"], STATS_INPUT)) if speaker else (lambda xs: xs)
     xs, ys = singles(model_inputs(modality, calib), calib.y, 8)
     with tempfile.TemporaryDirectory() as tmp:
         float_path = export_onnx(fold_batchnorm(student), example, Path(tmp) / "model.onnx", names,
@@ -456,12 +456,6 @@ def student_bundle(student: torch.nn.Module, modality: str, labels: list[str], f
         scheme = scheme if tflite else replace(scheme, tflite=False)
         return make_bundle(float_path, folder, scheme, feeds(calibration_sample(modality, calib)),
                            manifest, check=(feeds(xs), ys))
-
-
-def with_own_stats(windows: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """Feeds of a speaker-normalized student: each window [1, T] with its own statistics."""
-    from edge.speaker import window_stats
-    return [{"waveform": w, STATS_INPUT: window_stats(w[0])} for w in windows]
 
 
 def crossval_metrics(crossval: Path | None) -> dict:
@@ -604,6 +598,8 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hgr", type=float, default=0.0,
                    help="weight of the Soft-HGR term between the embedding and a learned label embedding")
     p.add_argument("--soft", type=float, default=0.0, help="face: weight of the FER+ crowd-vote cross-entropy")
+    p.add_argument("--speaker-norm", action="store_true",
+                   help="audio: live speaker adaptation (speaker statistics as a second input, edge/speaker.py)")
 
 
 def _config(modality: str, args: argparse.Namespace) -> FitConfig:
@@ -614,7 +610,8 @@ def _config(modality: str, args: argparse.Namespace) -> FitConfig:
 
 def _arch(args: argparse.Namespace) -> dict:
     arch = {"width": args.width} if args.width != 1.0 else {}
-    return {**arch, "hgr": True} if args.hgr > 0 else arch
+    arch = {**arch, "hgr": True} if args.hgr > 0 else arch
+    return {**arch, "speaker_norm": True} if args.speaker_norm else arch
 
 
 def students_main(argv: list[str] | None = None) -> int:
@@ -625,8 +622,10 @@ def students_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
+    if args.speaker_norm and args.modality != "audio":
+        p.error("--speaker-norm is for the audio student: use it with --modality audio")
     for modality in ("audio", "face") if args.modality == "both" else (args.modality,):
-        if modality == "audio" and _arch(args):
+        if modality == "audio" and (args.width != 1.0 or args.hgr > 0):
             p.error("--width and --hgr build the face teacher: use them with --modality face")
         result = train(modality, data_root(args.data), Path(args.out), _config(modality, args), args.teacher,
                        args.init, args.with_emodb and modality == "audio", _arch(args))

@@ -168,6 +168,16 @@ def test_two_input_export_runs_the_same_in_numpy_and_onnxruntime(speaker_bundle)
             np.testing.assert_allclose(interp.run(feed)["logits"], ort.run(feed)["logits"], atol=1e-3)
 
 
+def test_make_quantize_requantizes_the_two_input_model(speaker_bundle, tmp_path):
+    from distill.quantize import quantize_target
+    from edge.bundle import load_bundle
+    windows = [speech(s)[None] for s in (1.0, 2.0, 3.0)]
+    [folder] = quantize_target("jetson-orin", speaker_bundle.parent, tmp_path, {"audio": windows})
+    bundle = load_bundle(folder)
+    assert bundle.stats_input == "speaker_stats" and bundle.manifest["quantization"]["symmetric_activations"]
+    assert bundle.manifest["agreement"]["numpy_vs_onnxruntime_argmax"] == 1.0
+
+
 def test_a_litert_target_refuses_the_two_input_model_in_one_line(tmp_path):
     pytest.importorskip("torch")
     from distill.distillation import Arrays
