@@ -210,12 +210,13 @@ def teacher_targets(teacher_path: str | None, data: Arrays, modality: str, label
     if not teacher_path:
         return data
     members = [Path(p) for p in teacher_path.split(",")]
-    if all(p.stem == modality for p in members):
-        for p in members:
-            if torch.load(p, map_location="cpu", weights_only=True)["labels"] != labels:
+    saved = [torch.load(p, map_location="cpu", weights_only=False) for p in members]
+    if all("format" not in ckpt for ckpt in saved):              # saved by `train`, not a Teacher
+        for p, ckpt in zip(members, saved):
+            if ckpt["labels"] != labels:
                 raise AvemoError(f"teacher {p}: its labels differ from the student's {labels}; "
                                  "train the teacher on the same corpus")
-        logits, emb = member_targets([load_student(p) for p in members], data)
+        logits, emb = member_targets([load_student(p, modality) for p in members], data)
         return replace(data, teacher_logits=logits, teacher_emb=emb)
     from distill.models.teacher import load_teacher
     teacher, _ = load_teacher(teacher_path)
