@@ -300,7 +300,7 @@ def held_out_reports(model: torch.nn.Module, splits: dict[str, Arrays], labels: 
 
 
 def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | None,
-          init: str | None = None, with_emodb: bool = False, arch: dict | None = None) -> dict:
+          init: str | None = None, with_emodb: bool = False, arch: dict | None = None, device: str = "cpu") -> dict:
     """Train one student, save `<modality>.pt` and `<modality>.json` (history, reports) in `out`.
     Without a test split (the all-speaker audio model) it trains for cfg.epochs and keeps the
     last epoch; else it keeps the epoch with the best validation UAR. `out/<modality>.ckpt`
@@ -314,7 +314,7 @@ def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | N
     model = load_student(Path(init)) if init else build(modality, len(labels), arch)
     checkpoint = out / f"{modality}.ckpt"
     model, history = fit(model, splits["train"], splits["val"] if "test" in splits else None, labels, cfg,
-                         _LOGGER.info, checkpoint=checkpoint)
+                         _LOGGER.info, checkpoint=checkpoint, device=device)
     checkpoint.unlink(missing_ok=True)
     result = {"modality": modality, "labels": labels, "params": count_params(model),
               "config": asdict(cfg), "teacher": teacher if cfg.kd else None, "history": history,
@@ -583,6 +583,7 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hgr", type=float, default=0.0,
                    help="weight of the Soft-HGR term between the embedding and a learned label embedding")
     p.add_argument("--soft", type=float, default=0.0, help="face: weight of the FER+ crowd-vote cross-entropy")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model trains")
 
 
 def _config(modality: str, args: argparse.Namespace) -> FitConfig:
@@ -604,11 +605,13 @@ def students_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device visible to torch; train with --device cpu")
     for modality in ("audio", "face") if args.modality == "both" else (args.modality,):
         if modality == "audio" and _arch(args):
             p.error("--width and --hgr build the face teacher: use them with --modality face")
         result = train(modality, data_root(args.data), Path(args.out), _config(modality, args), args.teacher,
-                       args.init, args.with_emodb and modality == "audio", _arch(args))
+                       args.init, args.with_emodb and modality == "audio", _arch(args), args.device)
         _LOGGER.info("%s test %s", modality, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
     return 0
 

@@ -104,7 +104,7 @@ def spec_augment(x: torch.Tensor, bands: int = 6, frames: int = 20, masks: int =
     """SpecAugment (training only, never exported): zero `masks` random runs of up to
     `bands` mel bands and of up to `frames` frames per item of a normalized log-mel [B, F, M]."""
     b, f, m = x.shape
-    keep = torch.ones_like(x)
+    keep = torch.ones(x.shape)                  # drawn on the CPU generator on any device
     for _ in range(masks):
         for size, length, axis in ((bands, m, 2), (frames, f, 1)):
             width = torch.randint(0, size + 1, (b, 1))
@@ -112,7 +112,7 @@ def spec_augment(x: torch.Tensor, bands: int = 6, frames: int = 20, masks: int =
             pos = torch.arange(length)[None, :]
             hit = ((pos >= start) & (pos < start + width)).float()
             keep = keep * (1 - (hit[:, None, :] if axis == 2 else hit[:, :, None]))
-    return x * keep
+    return x * keep.to(x.device)
 
 
 class InvertedResidual(nn.Module):
