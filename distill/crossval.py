@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from distill.distillation import Arrays, FitConfig, fit, predict
-from distill.models.students import AudioStudent, count_params
+from distill.models.students import count_params
 from distill.ship import (AUDIO_CFG, AUDIO_LABELS, EMODB_LABELS, audio_arrays, concat, data_root, emodb_from_probs,
-                          load_student, payload_report, report_from_probs, student_bundle, teacher_targets)
+                          build, load_student, model_arch, payload_report, report_from_probs, student_bundle, teacher_targets)
 
 _LOGGER = logging.getLogger(__name__)
 ACTORS = [f"Actor_{i:02d}" for i in range(1, 21)]
@@ -89,21 +89,21 @@ def fold_teacher(fold: str, teachers: list[Path]) -> str | None:
 
 
 def run_fold(fold: str, cfg: FitConfig, items: dict[str, list], out: Path, with_emodb: bool,
-             teachers: list[Path]) -> dict:
+             teachers: list[Path], arch: dict) -> dict:
     """Train and score one fold (distilled from `teachers`' fold students when given); resumes
     from out/fold<k>.ckpt; writes fold<k>.json and .pt."""
     train, held = fold_data(fold, items, with_emodb, out.parent / "cache")
     train = teacher_targets(fold_teacher(fold, teachers), train, "audio", AUDIO_LABELS)
     torch.manual_seed(cfg.seed)
-    model = AudioStudent(len(AUDIO_LABELS))
+    model = build("audio", len(AUDIO_LABELS), arch)
     ckpt = out / f"fold{fold}.ckpt"
     model, history = fit(model, train, None, AUDIO_LABELS, cfg,
                          lambda m: _LOGGER.info("fold %s %s", fold, m), checkpoint=ckpt)
     result = {"fold": fold, "test_actors": fold_actors(int(fold)) if fold != "emodb" else "all 20",
-              "train_size": len(train), "params": count_params(model), "config": asdict(cfg),
+              "train_size": len(train), "params": count_params(model), "config": asdict(cfg), "arch": arch,
               "with_emodb": with_emodb, "teacher": fold_teacher(fold, teachers), "history": history,
               "reports": score(model, held)}
-    torch.save({"state_dict": model.state_dict(), "labels": AUDIO_LABELS}, out / f"fold{fold}.pt")
+    torch.save({"state_dict": model.state_dict(), "labels": AUDIO_LABELS, "arch": arch}, out / f"fold{fold}.pt")
     (out / f"fold{fold}.json").write_text(json.dumps(result, indent=1))
     ckpt.unlink(missing_ok=True)
     return result
@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="rpi4", help="firmware profile whose quantization --score uses")
     p.add_argument("--teacher", default="", metavar="DIRS",
                    help="comma-separated earlier CV run folders: each fold is distilled from their fold students")
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (teacher members)")
+    p.add_argument("--hgr", type=float, default=0.0,
+                   help="weight of the Soft-HGR term between the embedding and a learned label embedding")
     p.add_argument("--ensemble", default="", metavar="DIRS",
                    help="train nothing: score the ensemble of these CV runs' fold students")
     args = p.parse_args(argv)
@@ -187,14 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     teachers, members = _run_dirs(p, args.teacher, args.folds), _run_dirs(p, args.ensemble, args.folds)
     cfg = replace(AUDIO_CFG, epochs=args.epochs, seed=args.seed, speed=args.speed, partial_p=args.partial,
-                  kd=bool(teachers))
+                  kd=bool(teachers), hgr=args.hgr)
+    arch = model_arch(args.width, args.hgr)
     items = corpus_items(data_root(args.data))
     for fold in args.folds.split(","):
         if members:
             result = score_ensemble(fold, items, out, members, args.with_emodb)
             _LOGGER.info("fold %s ensemble: %s", fold, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
         elif not (out / f"fold{fold}.json").is_file():
-            result = run_fold(fold, cfg, items, out, args.with_emodb, teachers)
+            result = run_fold(fold, cfg, items, out, args.with_emodb, teachers, arch)
             _LOGGER.info("fold %s: %s", fold, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
         if args.score and not (out / f"fold{fold}-runtime.json").is_file():
             result = score_fold(fold, items, out, args.target)

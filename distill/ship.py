@@ -250,7 +250,7 @@ def member_targets(members: list[torch.nn.Module], data: Arrays) -> tuple[np.nda
 
 
 def build(modality: str, n_labels: int, arch: dict | None = None) -> torch.nn.Module:
-    """A student (or, with `arch` such as {"width": 2.0, "hgr": True}, the face teacher)."""
+    """A student (or, with `arch` such as {"width": 1.5, "hgr": True}, a teacher of the same shape)."""
     return AudioStudent(n_labels, **(arch or {})) if modality == "audio" else FaceStudent(n_labels, **(arch or {}))
 
 
@@ -579,7 +579,7 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qat", type=float, default=0.0,
                    help="weight of the float-vs-fake-int8 agreement loss (quantization-aware fine-tuning)")
     p.add_argument("--with-emodb", action="store_true", help="audio: train on EmoDB too (second corpus)")
-    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (the face teacher: 2)")
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (the face teacher: 1.5)")
     p.add_argument("--hgr", type=float, default=0.0,
                    help="weight of the Soft-HGR term between the embedding and a learned label embedding")
     p.add_argument("--soft", type=float, default=0.0, help="face: weight of the FER+ crowd-vote cross-entropy")
@@ -592,9 +592,9 @@ def _config(modality: str, args: argparse.Namespace) -> FitConfig:
                    max_minutes=args.max_minutes, lr=args.lr or base.lr, qat=args.qat, hgr=args.hgr, soft=args.soft)
 
 
-def _arch(args: argparse.Namespace) -> dict:
-    arch = {"width": args.width} if args.width != 1.0 else {}
-    return {**arch, "hgr": True} if args.hgr > 0 else arch
+def model_arch(width: float, hgr: float) -> dict:
+    """`build`'s arch for a channel width and a Soft-HGR weight ({} for the plain student)."""
+    return {**({"width": width} if width != 1.0 else {}), **({"hgr": True} if hgr > 0 else {})}
 
 
 def students_main(argv: list[str] | None = None) -> int:
@@ -608,10 +608,8 @@ def students_main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device visible to torch; train with --device cpu")
     for modality in ("audio", "face") if args.modality == "both" else (args.modality,):
-        if modality == "audio" and _arch(args):
-            p.error("--width and --hgr build the face teacher: use them with --modality face")
         result = train(modality, data_root(args.data), Path(args.out), _config(modality, args), args.teacher,
-                       args.init, args.with_emodb and modality == "audio", _arch(args), args.device)
+                       args.init, args.with_emodb and modality == "audio", model_arch(args.width, args.hgr), args.device)
         _LOGGER.info("%s test %s", modality, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
     return 0
 

@@ -107,3 +107,13 @@ def test_missing_fold_student_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         crossval.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--folds", "3", "--teacher", str(tmp_path)])
     assert exit_.value.code == 2 and "fold3.pt: no such fold student" in capsys.readouterr().err
+
+
+def test_a_wide_hgr_member_is_saved_with_its_shape(tmp_path):
+    root = corpora(tmp_path / "data")
+    argv = ["--data", str(root), "--out", str(tmp_path / "w"), "--folds", "4", "--epochs", "1",
+            "--width", "1.5", "--hgr", "0.1"]
+    assert crossval.main(argv) == 0
+    fold = json.loads((tmp_path / "w" / "fold4.json").read_text())
+    assert fold["arch"] == {"width": 1.5, "hgr": True} and fold["config"]["hgr"] == 0.1
+    assert crossval.load_student(tmp_path / "w" / "fold4.pt", "audio").label_embedding is not None

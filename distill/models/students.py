@@ -74,23 +74,33 @@ class EmbeddingHead(nn.Module):
         return self.classifier(self.drop(torch.relu(emb))), emb
 
 
+def label_embedding(n_labels: int) -> nn.Linear:
+    """Label distribution [B, n] -> the common space [B, D]: the label side of the Soft-HGR
+    term a teacher trains with (`hgr`); training only, never exported."""
+    return nn.Linear(n_labels, EMBEDDING_DIM, bias=False)
+
+
 class AudioStudent(nn.Module):
-    """Raw waveform -> (logits, embedding); log-mel inside the model (module docstring)."""
+    """Raw waveform -> (logits, embedding); log-mel inside the model (module docstring).
+    `width` scales the channel counts (a teacher member); `hgr` adds `label_embedding`, which
+    the Soft-HGR term correlates with the embedding during training (never exported)."""
 
     def __init__(self, n_labels: int = 8, fe: AudioFrontEnd = AUDIO,
-                 channels: tuple[int, ...] = AUDIO_CHANNELS, dropout: float = 0.3) -> None:
+                 channels: tuple[int, ...] = AUDIO_CHANNELS, dropout: float = 0.3,
+                 width: float = 1.0, hgr: bool = False) -> None:
         super().__init__()
         self.frontend = LogMelFrontEnd(fe)
         self.norm = UtteranceNorm()
         layers: list[nn.Module] = []
         cin = 1
-        for i, cout in enumerate(channels):
+        for i, cout in enumerate(int(round(c * width)) for c in channels):
             layers.append(conv_bn(cin, cout))
             if i < len(channels) - 1:
                 layers.append(nn.MaxPool2d(2))
             cin = cout
         self.body = nn.Sequential(*layers)
         self.head = EmbeddingHead(2 * cin, n_labels, dropout)
+        self.label_embedding = label_embedding(n_labels) if hgr else None
 
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.norm(self.frontend(wave))
@@ -134,9 +144,8 @@ class InvertedResidual(nn.Module):
 class FaceStudent(nn.Module):
     """Gray face crop [B, 1, S, S] -> (logits, embedding) (module docstring).
 
-    `width` scales every channel count (the face teacher is this net at width 2); `hgr` adds
-    `label_embedding`, a Linear from label distributions to the common space, which the
-    Soft-HGR term correlates with the face embedding during training (never exported)."""
+    `width` scales every channel count (the face teacher is this net at width 1.5); `hgr`
+    adds `label_embedding` (as AudioStudent's)."""
 
     def __init__(self, n_labels: int = 7, blocks: tuple = FACE_BLOCKS, stem: int = 32,
                  stem_stride: int = 2, head: int = FACE_HEAD, dropout: float = 0.2,
@@ -154,7 +163,7 @@ class FaceStudent(nn.Module):
         self.body = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = EmbeddingHead(head, n_labels, dropout)
-        self.label_embedding = nn.Linear(n_labels, EMBEDDING_DIM, bias=False) if hgr else None
+        self.label_embedding = label_embedding(n_labels) if hgr else None
 
     def forward(self, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.pool(self.body(face)).flatten(1))
