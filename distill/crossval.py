@@ -23,6 +23,11 @@ edge/speaker.py) and scores it twice: causally per speaker (each held-out speake
 fixed shuffled order, file i normalized by that speaker's statistics over files 1..i; parts
 "ravdess", "emodb") and without adaptation (each window's own statistics; "<part>_no_adapt").
 
+The audio teacher is cross-validated the same way: `--ensemble A,B,C` trains nothing and scores
+the ensemble of runs A, B and C's fold students (mean probabilities) on each fold's held-out
+files; `--teacher A,B,C` trains each fold's student distilled (KD) from that ensemble of the
+same fold's students, which never saw the fold's held-out speakers either.
+
 Run the same command again after a stop: finished folds are skipped and the fold in progress
 resumes from its checkpoint. `python -m distill.crossval --help` lists the recipe options.
 """
@@ -38,9 +43,9 @@ import numpy as np
 import torch
 
 from distill.distillation import Arrays, FitConfig, fit, predict
-from distill.models.students import AudioStudent, count_params
+from distill.models.students import count_params
 from distill.ship import (AUDIO_CFG, AUDIO_LABELS, EMODB_LABELS, audio_arrays, concat, data_root, emodb_from_probs,
-                          load_student, payload_report, report_from_probs, student_bundle)
+                          build, load_student, model_arch, payload_report, report_from_probs, student_bundle, teacher_targets)
 
 _LOGGER = logging.getLogger(__name__)
 ACTORS = [f"Actor_{i:02d}" for i in range(1, 21)]
@@ -93,22 +98,44 @@ def score(model: torch.nn.Module, held: dict[str, Arrays]) -> dict:
     return out
 
 
+def fold_teacher(fold: str, teachers: list[Path]) -> str | None:
+    """The fold's teacher: the ensemble of the same fold's students of earlier CV runs (each
+    trained without the fold's held-out speakers), as distill.ship.teacher_targets reads it."""
+    return ",".join(str(d / f"fold{fold}.pt") for d in teachers) or None
+
+
 def run_fold(fold: str, cfg: FitConfig, items: dict[str, list], out: Path, with_emodb: bool,
-             arch: dict | None = None) -> dict:
-    """Train and score one fold; resumes from out/fold<k>.ckpt; writes fold<k>.json and .pt.
-    `arch`: AudioStudent options ({"speaker_norm": True} for live speaker adaptation)."""
+             teachers: list[Path], arch: dict) -> dict:
+    """Train and score one fold (distilled from `teachers`' fold students when given); resumes
+    from out/fold<k>.ckpt; writes fold<k>.json and .pt."""
     train, held = fold_data(fold, items, with_emodb, out.parent / "cache")
+    train = teacher_targets(fold_teacher(fold, teachers), train, "audio", AUDIO_LABELS)
     torch.manual_seed(cfg.seed)
-    model = AudioStudent(len(AUDIO_LABELS), **(arch or {}))
+    model = build("audio", len(AUDIO_LABELS), arch)
     ckpt = out / f"fold{fold}.ckpt"
     model, history = fit(model, train, None, AUDIO_LABELS, cfg,
                          lambda m: _LOGGER.info("fold %s %s", fold, m), checkpoint=ckpt)
     result = {"fold": fold, "test_actors": fold_actors(int(fold)) if fold != "emodb" else "all 20",
-              "train_size": len(train), "params": count_params(model), "config": asdict(cfg),
-              "with_emodb": with_emodb, "arch": arch or {}, "history": history, "reports": score(model, held)}
-    torch.save({"state_dict": model.state_dict(), "labels": AUDIO_LABELS, "arch": arch or {}}, out / f"fold{fold}.pt")
+              "train_size": len(train), "params": count_params(model), "config": asdict(cfg), "arch": arch,
+              "with_emodb": with_emodb, "teacher": fold_teacher(fold, teachers), "history": history,
+              "reports": score(model, held)}
+    torch.save({"state_dict": model.state_dict(), "labels": AUDIO_LABELS, "arch": arch}, out / f"fold{fold}.pt")
     (out / f"fold{fold}.json").write_text(json.dumps(result, indent=1))
     ckpt.unlink(missing_ok=True)
+    return result
+
+
+def score_ensemble(fold: str, items: dict[str, list], out: Path, members: list[Path], with_emodb: bool) -> dict:
+    """Score the ensemble of `members`' fold students on the fold's held-out files (the mean of
+    their probabilities, each the mean over windows): writes fold<k>.json like a trained fold."""
+    _, held = fold_data(fold, items, with_emodb, out.parent / "cache")
+    models = [load_student(d / f"fold{fold}.pt", "audio") for d in members]
+    reports = {}
+    for name, data in held.items():
+        probs = np.mean([predict(m, data) for m in models], axis=0)
+        reports[name] = emodb_from_probs(probs, data) if name == "emodb" else report_from_probs(probs, data, AUDIO_LABELS)
+    result = {"fold": fold, "ensemble": [str(d) for d in members], "with_emodb": with_emodb, "reports": reports}
+    (out / f"fold{fold}.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -170,17 +197,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score", action="store_true",
                    help="export each finished fold to int8 and score it the way avemo-edge eval does")
     p.add_argument("--target", default="rpi4", help="firmware profile whose quantization --score uses")
+    p.add_argument("--teacher", default="", metavar="DIRS",
+                   help="comma-separated earlier CV run folders: each fold is distilled from their fold students")
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (teacher members)")
+    p.add_argument("--hgr", type=float, default=0.0,
+                   help="weight of the Soft-HGR term between the embedding and a learned label embedding")
+    p.add_argument("--ensemble", default="", metavar="DIRS",
+                   help="train nothing: score the ensemble of these CV runs' fold students")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = replace(AUDIO_CFG, epochs=args.epochs, seed=args.seed, speed=args.speed, partial_p=args.partial, kd=False)
+    teachers, members = _run_dirs(p, args.teacher, args.folds), _run_dirs(p, args.ensemble, args.folds)
+    cfg = replace(AUDIO_CFG, epochs=args.epochs, seed=args.seed, speed=args.speed, partial_p=args.partial,
+                  kd=bool(teachers), hgr=args.hgr)
+    arch = model_arch(args.width, args.hgr, args.speaker_norm)
     items = corpus_items(data_root(args.data))
     for fold in args.folds.split(","):
-        if not (out / f"fold{fold}.json").is_file():
-            result = run_fold(fold, cfg, items, out, args.with_emodb,
-                              {"speaker_norm": True} if args.speaker_norm else None)
+        if members:
+            result = score_ensemble(fold, items, out, members, args.with_emodb)
+            _LOGGER.info("fold %s ensemble: %s", fold, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
+        elif not (out / f"fold{fold}.json").is_file():
+            result = run_fold(fold, cfg, items, out, args.with_emodb, teachers, arch)
             _LOGGER.info("fold %s: %s", fold, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
         if args.score and not (out / f"fold{fold}-runtime.json").is_file():
             result = score_fold(fold, items, out, args.target)
@@ -189,6 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.score:
         _LOGGER.info("runtime summary %s", json.dumps(summarize(out, "-runtime")))
     return 0
+
+
+def _run_dirs(p: argparse.ArgumentParser, arg: str, folds: str) -> list[Path]:
+    """The CV run folders named in `arg`; each must hold every requested fold's student."""
+    dirs = [Path(d) for d in arg.split(",") if d]
+    missing = [str(d / f"fold{k}.pt") for d in dirs for k in folds.split(",") if not (d / f"fold{k}.pt").is_file()]
+    if missing:
+        p.error(f"{', '.join(missing)}: no such fold student; finish those CV runs first")
+    return dirs
 
 
 if __name__ == "__main__":

@@ -302,15 +302,16 @@ def class_weights(y: np.ndarray, n_classes: int, power: float = 1.0) -> torch.Te
 def student_loss(logits: torch.Tensor, emb: torch.Tensor, y: torch.Tensor, data: Arrays,
                  idx: np.ndarray, weights: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
     """CE (original and crowd labels) + alpha * KD + beta * embedding MSE (module docstring)."""
+    on_device = lambda a: torch.from_numpy(a).to(logits.device)  # noqa: E731
     loss = F.cross_entropy(logits, y, weight=weights, label_smoothing=cfg.label_smoothing)
     if cfg.soft > 0 and data.soft is not None:
-        crowd = -(torch.from_numpy(data.soft[idx]) * F.log_softmax(logits, 1)).sum(1).mean()
+        crowd = -(on_device(data.soft[idx]) * F.log_softmax(logits, 1)).sum(1).mean()
         loss = (1 - cfg.soft) * loss + cfg.soft * crowd
     if cfg.kd and data.teacher_logits is not None:
-        t_logits = torch.from_numpy(data.teacher_logits[idx])
+        t_logits = on_device(data.teacher_logits[idx])
         loss = loss + cfg.alpha * kd_loss(logits, t_logits, cfg.temperature)
     if cfg.kd and data.teacher_emb is not None:
-        target = torch.from_numpy(data.teacher_emb[idx])
+        target = on_device(data.teacher_emb[idx])
         loss = loss + cfg.beta * F.mse_loss(emb, target) / target.pow(2).mean().clamp_min(1e-6)
     return loss
 
@@ -336,6 +337,10 @@ def forward(model: nn.Module, x: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return model(*x) if isinstance(x, tuple) else model(x)
 
 
+def batch_to(x: Batch, device: torch.device) -> Batch:
+    return tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
+
+
 def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
                 sched: torch.optim.lr_scheduler.LRScheduler, cfg: FitConfig, state: "TrainState",
                 weights: torch.Tensor, quant: FakeQuant | None = None,
@@ -343,16 +348,17 @@ def train_epoch(model: nn.Module, data: Arrays, opt: torch.optim.Optimizer,
     """One epoch over `state.order` from batch `state.step` on (a resumed epoch continues where
     it stopped); `tick()` runs after every step (the checkpoint clock). Returns the mean loss."""
     model.train()
-    make = batcher(data, model)
+    make, device = batcher(data, model), next(model.parameters()).device
     starts = range(0, len(state.order) - cfg.batch + 1, cfg.batch)
     for start in starts[state.step:]:
         idx = np.sort(state.order[start:start + cfg.batch])
-        x = make(data, idx, state.rng, cfg)
+        x = batch_to(make(data, idx, state.rng, cfg), device)
         masks = torch.get_rng_state() if quant is not None else None
         logits, emb = forward(model, x)
-        loss = student_loss(logits, emb, torch.from_numpy(data.y[idx]), data, idx, weights, cfg)
+        loss = student_loss(logits, emb, torch.from_numpy(data.y[idx]).to(device), data, idx, weights, cfg)
         if cfg.hgr > 0:
-            loss = loss - cfg.hgr * soft_hgr(emb, model.label_embedding(label_distribution(data, idx, len(weights))))
+            crowd = label_distribution(data, idx, len(weights)).to(device)
+            loss = loss - cfg.hgr * soft_hgr(emb, model.label_embedding(crowd))
         if quant is not None:
             torch.set_rng_state(masks)  # the same dropout and SpecAugment masks in both passes
             with quant.enabled():
@@ -379,17 +385,20 @@ def predict_with_embedding(model: nn.Module, data: Arrays, batch: int = 256,
     played so far, each speaker's in `causal_order` (as a live device hears them); without it,
     each window's own."""
     model.eval()
+    device = next(model.parameters()).device
     if data.modality == "face":
         x = torch.from_numpy(data.x)
-        outs = [model(standardize_faces(x[i:i + batch])) for i in range(0, len(x), batch)]
-        return torch.cat([torch.softmax(o[0], 1) for o in outs]).numpy(), torch.cat([o[1] for o in outs]).numpy()
+        outs = [model(standardize_faces(x[i:i + batch]).to(device)) for i in range(0, len(x), batch)]
+        return (torch.cat([torch.softmax(o[0], 1) for o in outs]).cpu().numpy(),
+                torch.cat([o[1] for o in outs]).cpu().numpy())
     stats = speaker_inputs(data, adapt) if getattr(model, "speaker_norm", False) else None
     probs, embs = [], []
     for i, (wave, length) in enumerate(zip(data.x, data.lengths)):
         windows = torch.from_numpy(audio_windows(wave, int(length)))
-        logits, emb = model(windows) if stats is None else model(windows, stats(i, windows))
-        probs.append(torch.softmax(logits, 1).mean(0).numpy())
-        embs.append(emb.mean(0).numpy())
+        x = windows if stats is None else (windows, stats(i, windows))
+        logits, emb = forward(model, batch_to(x, device))
+        probs.append(torch.softmax(logits, 1).mean(0).cpu().numpy())
+        embs.append(emb.mean(0).cpu().numpy())
     return np.stack(probs), np.stack(embs)
 
 
@@ -429,12 +438,15 @@ def evaluate(model: nn.Module, data: Arrays, labels: list[str]) -> dict:
 
 
 def fit(model: nn.Module, train: Arrays, val: Arrays | None, labels: list[str], cfg: FitConfig,
-        log: Callable[[str], None] = print, checkpoint: Path | None = None) -> tuple[nn.Module, list[dict]]:
+        log: Callable[[str], None] = print, checkpoint: Path | None = None,
+        device: str = "cpu") -> tuple[nn.Module, list[dict]]:
     """Train `model` on `train`; with `val`, keep the epoch with the best validation UAR, without
     it the last epoch (a fixed epoch count). With `checkpoint`, the whole training state is saved
     there every CHECKPOINT_S (also inside an epoch) and at the end, and a run started again
-    resumes from it, to the same weights as a run never stopped."""
+    resumes from it, to the same weights as a run never stopped (on a GPU, `device` "cuda",
+    dropout draws from the GPU's generator, which is not saved: a resumed GPU run differs)."""
     torch.manual_seed(cfg.seed)
+    model.to(device)
     steps = max(1, len(train) // cfg.batch) * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
@@ -443,7 +455,7 @@ def fit(model: nn.Module, train: Arrays, val: Arrays | None, labels: list[str], 
     if checkpoint is not None and checkpoint.is_file():
         state = resume(checkpoint, model, opt, sched)
         log(f"resumed {checkpoint} at epoch {state.epoch + 1}, step {state.step}")
-    weights = class_weights(train.y, len(labels), cfg.balance)
+    weights = class_weights(train.y, len(labels), cfg.balance).to(device)
     quant = FakeQuant(model) if cfg.qat > 0 else None
     t0, saved = time.time() - state.minutes * 60, [time.time()]
 
@@ -477,7 +489,7 @@ def fit(model: nn.Module, train: Arrays, val: Arrays | None, labels: list[str], 
         model.load_state_dict(state.best_state)
     if quant is not None:
         quant.remove()
-    return model.eval(), state.history
+    return model.cpu().eval(), state.history
 
 
 CHECKPOINT_S = 300.0

@@ -212,12 +212,13 @@ def teacher_targets(teacher_path: str | None, data: Arrays, modality: str, label
     if not teacher_path:
         return data
     members = [Path(p) for p in teacher_path.split(",")]
-    if all(p.stem == modality for p in members):
-        for p in members:
-            if torch.load(p, map_location="cpu", weights_only=True)["labels"] != labels:
+    saved = [torch.load(p, map_location="cpu", weights_only=False) for p in members]
+    if all("format" not in ckpt for ckpt in saved):              # saved by `train`, not a Teacher
+        for p, ckpt in zip(members, saved):
+            if ckpt["labels"] != labels:
                 raise AvemoError(f"teacher {p}: its labels differ from the student's {labels}; "
                                  "train the teacher on the same corpus")
-        logits, emb = member_targets([load_student(p) for p in members], data)
+        logits, emb = member_targets([load_student(p, modality) for p in members], data)
         return replace(data, teacher_logits=logits, teacher_emb=emb)
     from distill.models.teacher import load_teacher
     teacher, _ = load_teacher(teacher_path)
@@ -251,7 +252,7 @@ def member_targets(members: list[torch.nn.Module], data: Arrays) -> tuple[np.nda
 
 
 def build(modality: str, n_labels: int, arch: dict | None = None) -> torch.nn.Module:
-    """A student (or, with `arch` such as {"width": 2.0, "hgr": True}, the face teacher)."""
+    """A student (or, with `arch` such as {"width": 1.5, "hgr": True}, a teacher of the same shape)."""
     return AudioStudent(n_labels, **(arch or {})) if modality == "audio" else FaceStudent(n_labels, **(arch or {}))
 
 
@@ -301,7 +302,7 @@ def held_out_reports(model: torch.nn.Module, splits: dict[str, Arrays], labels: 
 
 
 def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | None,
-          init: str | None = None, with_emodb: bool = False, arch: dict | None = None) -> dict:
+          init: str | None = None, with_emodb: bool = False, arch: dict | None = None, device: str = "cpu") -> dict:
     """Train one student, save `<modality>.pt` and `<modality>.json` (history, reports) in `out`.
     Without a test split (the all-speaker audio model) it trains for cfg.epochs and keeps the
     last epoch; else it keeps the epoch with the best validation UAR. `out/<modality>.ckpt`
@@ -315,7 +316,7 @@ def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | N
     model = load_student(Path(init)) if init else build(modality, len(labels), arch)
     checkpoint = out / f"{modality}.ckpt"
     model, history = fit(model, splits["train"], splits["val"] if "test" in splits else None, labels, cfg,
-                         _LOGGER.info, checkpoint=checkpoint)
+                         _LOGGER.info, checkpoint=checkpoint, device=device)
     checkpoint.unlink(missing_ok=True)
     result = {"modality": modality, "labels": labels, "params": count_params(model),
               "config": asdict(cfg), "teacher": teacher if cfg.kd else None, "history": history,
@@ -594,12 +595,13 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qat", type=float, default=0.0,
                    help="weight of the float-vs-fake-int8 agreement loss (quantization-aware fine-tuning)")
     p.add_argument("--with-emodb", action="store_true", help="audio: train on EmoDB too (second corpus)")
-    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (the face teacher: 2)")
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (the face teacher: 1.5)")
     p.add_argument("--hgr", type=float, default=0.0,
                    help="weight of the Soft-HGR term between the embedding and a learned label embedding")
     p.add_argument("--soft", type=float, default=0.0, help="face: weight of the FER+ crowd-vote cross-entropy")
     p.add_argument("--speaker-norm", action="store_true",
                    help="audio: live speaker adaptation (speaker statistics as a second input, edge/speaker.py)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model trains")
 
 
 def _config(modality: str, args: argparse.Namespace) -> FitConfig:
@@ -608,10 +610,11 @@ def _config(modality: str, args: argparse.Namespace) -> FitConfig:
                    max_minutes=args.max_minutes, lr=args.lr or base.lr, qat=args.qat, hgr=args.hgr, soft=args.soft)
 
 
-def _arch(args: argparse.Namespace) -> dict:
-    arch = {"width": args.width} if args.width != 1.0 else {}
-    arch = {**arch, "hgr": True} if args.hgr > 0 else arch
-    return {**arch, "speaker_norm": True} if args.speaker_norm else arch
+def model_arch(width: float, hgr: float, speaker_norm: bool = False) -> dict:
+    """`build`'s arch for a channel width, a Soft-HGR weight and speaker normalization (audio;
+    live speaker adaptation) ({} for the plain student)."""
+    return {**({"width": width} if width != 1.0 else {}), **({"hgr": True} if hgr > 0 else {}),
+            **({"speaker_norm": True} if speaker_norm else {})}
 
 
 def students_main(argv: list[str] | None = None) -> int:
@@ -622,13 +625,13 @@ def students_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device visible to torch; train with --device cpu")
     if args.speaker_norm and args.modality != "audio":
         p.error("--speaker-norm is for the audio student: use it with --modality audio")
     for modality in ("audio", "face") if args.modality == "both" else (args.modality,):
-        if modality == "audio" and (args.width != 1.0 or args.hgr > 0):
-            p.error("--width and --hgr build the face teacher: use them with --modality face")
         result = train(modality, data_root(args.data), Path(args.out), _config(modality, args), args.teacher,
-                       args.init, args.with_emodb and modality == "audio", _arch(args))
+                       args.init, args.with_emodb and modality == "audio", model_arch(args.width, args.hgr, args.speaker_norm), args.device)
         _LOGGER.info("%s test %s", modality, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
     return 0
 

@@ -83,6 +83,42 @@ def test_one_fold_trains_scores_through_eval_and_is_skipped_when_done(tmp_path):
     assert (out / "fold0.json").stat().st_mtime_ns == stamp
 
 
+def test_ensemble_scores_mean_probabilities_and_teacher_distills_each_fold(tmp_path):
+    root = corpora(tmp_path / "data")
+    runs = [tmp_path / f"s{s}" for s in (1, 2)]
+    for seed, out in zip((1, 2), runs):
+        argv = ["--data", str(root), "--out", str(out), "--folds", "2", "--epochs", "1", "--seed", str(seed)]
+        assert crossval.main(argv) == 0
+    dirs = ",".join(map(str, runs))
+    assert crossval.main(["--data", str(root), "--out", str(tmp_path / "ens"), "--folds", "2", "--ensemble", dirs]) == 0
+    items = crossval.corpus_items(root)
+    _, held = crossval.fold_data("2", items, False, tmp_path / "cache")
+    probs = np.mean([crossval.predict(crossval.load_student(d / "fold2.pt", "audio"), held["ravdess"]) for d in runs], 0)
+    expected = crossval.report_from_probs(probs, held["ravdess"], crossval.AUDIO_LABELS)
+    ensemble = json.loads((tmp_path / "ens" / "fold2.json").read_text())
+    assert ensemble["reports"]["ravdess"] == json.loads(json.dumps(expected))
+    assert crossval.main(["--data", str(root), "--out", str(tmp_path / "kd"), "--folds", "2", "--epochs", "1",
+                          "--teacher", dirs]) == 0
+    distilled = json.loads((tmp_path / "kd" / "fold2.json").read_text())
+    assert distilled["config"]["kd"] and distilled["teacher"] == ",".join(str(d / "fold2.pt") for d in runs)
+
+
+def test_missing_fold_student_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        crossval.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--folds", "3", "--teacher", str(tmp_path)])
+    assert exit_.value.code == 2 and "fold3.pt: no such fold student" in capsys.readouterr().err
+
+
+def test_a_wide_hgr_member_is_saved_with_its_shape(tmp_path):
+    root = corpora(tmp_path / "data")
+    argv = ["--data", str(root), "--out", str(tmp_path / "w"), "--folds", "4", "--epochs", "1",
+            "--width", "1.5", "--hgr", "0.1"]
+    assert crossval.main(argv) == 0
+    fold = json.loads((tmp_path / "w" / "fold4.json").read_text())
+    assert fold["arch"] == {"width": 1.5, "hgr": True} and fold["config"]["hgr"] == 0.1
+    assert crossval.load_student(tmp_path / "w" / "fold4.pt", "audio").label_embedding is not None
+
+
 @pytest.mark.slow
 def test_speaker_norm_fold_is_scored_causally_and_without_adaptation(tmp_path):
     root = corpora(tmp_path / "data")

@@ -84,3 +84,10 @@ def test_single_teacher_gives_its_embedding_and_faces_are_mirrored(tmp_path):
     np.testing.assert_allclose(out.teacher_emb, (views[0][1] + views[1][1]) / 2, rtol=1e-4, atol=1e-5)
     with pytest.raises(ship.AvemoError, match="labels differ"):
         ship.teacher_targets(str(path), data, "face", ["neutral", "sad", "happy"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: --device cuda would train")
+def test_device_cuda_without_a_gpu_is_one_clear_error(corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        ship.students_main(["--data", str(corpus), "--out", str(tmp_path), "--modality", "face", "--device", "cuda"])
+    assert exit_.value.code == 2 and "no CUDA device visible" in capsys.readouterr().err

@@ -76,3 +76,11 @@ def test_students_are_deterministic_in_eval():
     model = AudioStudent().eval()
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 32000)).astype(np.float32) * 0.1)
     assert torch.equal(model(x)[0], model(x)[0])
+
+
+@pytest.mark.parametrize("make", [AudioStudent, FaceStudent])
+def test_width_scales_channels_and_hgr_adds_a_label_embedding(make):
+    plain, wide = make(), make(width=1.5, hgr=True)
+    assert count_params(wide) > 1.8 * count_params(plain) and plain.label_embedding is None
+    n_labels = wide.head.classifier.out_features
+    assert wide.label_embedding(torch.eye(n_labels)).shape == (n_labels, EMBEDDING_DIM)

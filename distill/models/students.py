@@ -87,12 +87,21 @@ class EmbeddingHead(nn.Module):
         return self.classifier(self.drop(torch.relu(emb))), emb
 
 
+def label_embedding(n_labels: int) -> nn.Linear:
+    """Label distribution [B, n] -> the common space [B, D]: the label side of the Soft-HGR
+    term a teacher trains with (`hgr`); training only, never exported."""
+    return nn.Linear(n_labels, EMBEDDING_DIM, bias=False)
+
+
 class AudioStudent(nn.Module):
-    """Raw waveform -> (logits, embedding); log-mel inside the model (module docstring)."""
+    """Raw waveform -> (logits, embedding); log-mel inside the model (module docstring).
+    `width` scales the channel counts (a teacher member); `hgr` adds `label_embedding`, which
+    the Soft-HGR term correlates with the embedding during training (never exported);
+    `speaker_norm` normalizes by a second input, the speaker statistics (SpeakerNorm)."""
 
     def __init__(self, n_labels: int = 8, fe: AudioFrontEnd = AUDIO,
                  channels: tuple[int, ...] = AUDIO_CHANNELS, dropout: float = 0.3,
-                 speaker_norm: bool = False) -> None:
+                 width: float = 1.0, hgr: bool = False, speaker_norm: bool = False) -> None:
         super().__init__()
         self.frontend = LogMelFrontEnd(fe)
         self.speaker_norm = speaker_norm
@@ -100,13 +109,14 @@ class AudioStudent(nn.Module):
         self.norm = SpeakerNorm() if speaker_norm else UtteranceNorm()
         layers: list[nn.Module] = []
         cin = 1
-        for i, cout in enumerate(channels):
+        for i, cout in enumerate(int(round(c * width)) for c in channels):
             layers.append(conv_bn(cin, cout))
             if i < len(channels) - 1:
                 layers.append(nn.MaxPool2d(2))
             cin = cout
         self.body = nn.Sequential(*layers)
         self.head = EmbeddingHead(2 * cin, n_labels, dropout)
+        self.label_embedding = label_embedding(n_labels) if hgr else None
 
     def forward(self, wave: torch.Tensor, stats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.norm(self.frontend(wave), stats) if self.speaker_norm else self.norm(self.frontend(wave))
@@ -120,7 +130,7 @@ def spec_augment(x: torch.Tensor, bands: int = 6, frames: int = 20, masks: int =
     """SpecAugment (training only, never exported): zero `masks` random runs of up to
     `bands` mel bands and of up to `frames` frames per item of a normalized log-mel [B, F, M]."""
     b, f, m = x.shape
-    keep = torch.ones_like(x)
+    keep = torch.ones(x.shape)                  # drawn on the CPU generator on any device
     for _ in range(masks):
         for size, length, axis in ((bands, m, 2), (frames, f, 1)):
             width = torch.randint(0, size + 1, (b, 1))
@@ -128,7 +138,7 @@ def spec_augment(x: torch.Tensor, bands: int = 6, frames: int = 20, masks: int =
             pos = torch.arange(length)[None, :]
             hit = ((pos >= start) & (pos < start + width)).float()
             keep = keep * (1 - (hit[:, None, :] if axis == 2 else hit[:, :, None]))
-    return x * keep
+    return x * keep.to(x.device)
 
 
 class InvertedResidual(nn.Module):
@@ -150,9 +160,8 @@ class InvertedResidual(nn.Module):
 class FaceStudent(nn.Module):
     """Gray face crop [B, 1, S, S] -> (logits, embedding) (module docstring).
 
-    `width` scales every channel count (the face teacher is this net at width 2); `hgr` adds
-    `label_embedding`, a Linear from label distributions to the common space, which the
-    Soft-HGR term correlates with the face embedding during training (never exported)."""
+    `width` scales every channel count (the face teacher is this net at width 1.5); `hgr`
+    adds `label_embedding` (as AudioStudent's)."""
 
     def __init__(self, n_labels: int = 7, blocks: tuple = FACE_BLOCKS, stem: int = 32,
                  stem_stride: int = 2, head: int = FACE_HEAD, dropout: float = 0.2,
@@ -170,7 +179,7 @@ class FaceStudent(nn.Module):
         self.body = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = EmbeddingHead(head, n_labels, dropout)
-        self.label_embedding = nn.Linear(n_labels, EMBEDDING_DIM, bias=False) if hgr else None
+        self.label_embedding = label_embedding(n_labels) if hgr else None
 
     def forward(self, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.pool(self.body(face)).flatten(1))
