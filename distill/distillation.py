@@ -45,7 +45,7 @@ from distill.models.frontend import LogMelFrontEnd
 from distill.qat import FakeQuant, agreement_loss
 from edge.metrics import classification_report
 from edge.features import n_frames, window_samples
-from edge.speaker import band_stats, causal_order, moments
+from edge.speaker import SpeakerStats, band_stats, causal_order, moments
 from edge.pipeline import MIN_AUDIO_S
 from edge.settings import AUDIO, FACE
 
@@ -421,13 +421,11 @@ def causal_stats(data: Arrays) -> np.ndarray:
     and including i, in `causal_order`."""
     every = speaker_moments(data)
     out = np.zeros(every.shape, np.float32)
-    sums: dict[str, np.ndarray] = {}
-    count: dict[str, float] = {}
+    heard: dict[str, SpeakerStats] = {}
     for i in causal_order(list(data.speaker)):
-        s = data.speaker[i]
-        sums[s] = sums.get(s, 0.0) + every[i]
-        count[s] = count.get(s, 0.0) + n_frames(int(data.lengths[i]))
-        band_stats(sums[s], count[s], out[i])
+        stats = heard.setdefault(data.speaker[i], SpeakerStats())
+        stats.add_moments(every[i], n_frames(int(data.lengths[i])))
+        out[i] = stats.stats()[0]
     return out
 
 

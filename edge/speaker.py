@@ -65,8 +65,12 @@ class SpeakerStats:
     def add(self, logmel: np.ndarray) -> None:
         """Add the frames of `logmel` [F, n_mels] (F may be 0)."""
         if len(logmel):
-            self.sums += moments(logmel, self._add)
-            self.frames += len(logmel)
+            self.add_moments(moments(logmel, self._add), len(logmel))
+
+    def add_moments(self, sums: np.ndarray, frames: int) -> None:
+        """Add `moments` [2, n_mels] of `frames` frames (an utterance's, computed elsewhere)."""
+        self.sums += sums
+        self.frames += frames
 
     def stats(self) -> np.ndarray:
         """[1, 2, n_mels] (mean, std) of every frame added since the last reset (needs one)."""

@@ -106,6 +106,21 @@ def test_causal_order_is_fixed_and_groups_each_speaker():
     assert order[:4] != [0, 2, 5, 7] or causal_order(speakers, seed=1) != order
 
 
+def test_training_side_causal_statistics_use_utterances_up_to_each_one():
+    pytest.importorskip("torch")
+    from distill.distillation import Arrays, causal_stats
+    wave = speech(3.0)
+    lengths = np.array([48000, 32000, 40000, 24000])
+    x = np.stack([np.roll(wave, 8000 * i) for i in range(4)])
+    data = Arrays(x=x, y=np.zeros(4, np.int64), lengths=lengths, speaker=np.array(list("abab")))
+    stats = causal_stats(data)
+    for speaker in "ab":
+        played = [i for i in causal_order(list(data.speaker)) if data.speaker[i] == speaker]
+        for k, i in enumerate(played):
+            heard = np.concatenate([log_mel(x[j, :lengths[j]]) for j in played[:k + 1]])
+            np.testing.assert_allclose(stats[i, 0], heard.mean(0), atol=2e-3)  # torch front end vs numpy
+
+
 class Recorder:
     """A scorer that adapts: records the files and the speaker resets it is given."""
 
