@@ -1,16 +1,17 @@
 """Speaker statistics: running per-band mean and spread of the log-mel of one speaker's voiced audio.
 
-In:  log-mel frames float32 [F, n_mels] (edge.features.LogMel / log_mel), read only.
+In:  log-mel frames [F, n_mels], float32 or float64 (edge.features.log_mel / LogMel), read only.
 Out: `SpeakerStats.stats()` -> float32 [1, 2, n_mels]: row 0 the band means, row 1 the band
      standard deviations (sqrt(var + STD_EPS)); the speaker-normalized audio student's second
      input (distill/models/students.py SpeakerNorm: (log-mel - mean) / std, per band). The
      array is owned here and overwritten by the next `stats()` call.
 
 The accumulators are fixed arrays (sum and sum of squares per band, float64, and a frame count),
-so memory is bounded however long the run and `add`/`stats` allocate nothing. `moments` and
-`band_stats` are the one implementation of the statistics: training builds a speaker's
-statistics from per-utterance moments with them (distill/distillation.py), the runtime with
-`SpeakerStats`, `avemo-edge eval` scores files in the order a live device would hear them.
+so memory is bounded however long the run and `add`/`stats` allocate nothing. `moments`,
+`band_stats` and `SpeakerStats` are the one implementation of the statistics: training and
+the cross-validation build a speaker's statistics from per-utterance moments with them
+(distill/distillation.py), the runtime (`Adaptation`) from the voiced hops it hears, and
+`causal_order` is the order both score a speaker's files in (as a live device hears them).
 """
 from __future__ import annotations
 
