@@ -56,6 +56,9 @@ AUDIO_WITH_EMODB = True
 leave-one-corpus-out, docs/students.md)."""
 AUDIO_CFG = FitConfig(epochs=60, batch=32, lr=3e-3, label_smoothing=0.1, partial_p=0.5)
 FACE_CFG = FitConfig(epochs=14, batch=128, lr=4e-3, weight_decay=1e-3, balance=0.5)
+FACE_TEACHER_ARGS = ("--width", "1.5", "--hgr", "0.1", "--soft", "0.5", "--no-kd", "--epochs", "40")
+"""The face teacher's recipe (`students --modality face` options; docs/students.md "Face
+teacher"): the student net at width 1.5, half FER+ votes, Soft-HGR against the label embedding."""
 
 
 def data_root(arg: str | None) -> Path:
