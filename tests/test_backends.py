@@ -200,7 +200,7 @@ def test_float_numpy_matches_onnxruntime(model_case):
 def test_integer_path_is_planned(model_case):
     """Every quantized Conv/Gemm/MatMul runs as an integer step (not dequantize-then-float)."""
     name, _, _, paths = model_case
-    steps = [s for _, s in NumpyInterpreter(paths["npz"])._steps]
+    steps = [s.step for s in NumpyInterpreter(paths["npz"])._steps]
     convs = [s for s in steps if isinstance(s, numpy_ops.ConvStep)]
     dense = [s for s in steps if isinstance(s, numpy_ops.DenseStep)]
     assert all(c.zero is not None for c in convs)
@@ -212,7 +212,7 @@ def test_requantization_is_fused(model_case):
     """A QuantizeLinear that alone reads an integer Conv/Gemm output runs in that step's epilogue,
     and quantized activations stay as q - zero (float32) wherever only DequantizeLinears read them."""
     _, _, _, paths = model_case
-    steps = [s for _, s in NumpyInterpreter(paths["npz"])._steps]
+    steps = [s.step for s in NumpyInterpreter(paths["npz"])._steps]
     integer = [s for s in steps if isinstance(s, (numpy_ops.ConvStep, numpy_ops.DenseStep)) and s.zero is not None]
     quantizers = [s for s in steps if isinstance(s, numpy_ops.QuantizeStep)]
     assert integer and all(s.epilogue.clip is not None for s in integer)

@@ -143,8 +143,8 @@ def test_numpy_plan_has_tap_depthwise_convs_and_no_relu_steps():
     into its Conv: what keeps the detector at ~10 ms and ~18 MB of buffers in numpy."""
     from edge.backends.numpy_ops import DepthwiseStep
     plan = CnnDetector(backend="numpy").session.interpreter._steps
-    assert sum(isinstance(step, DepthwiseStep) for _, step in plan) >= 10
-    assert not [node for node, _ in plan if node.op == "Relu"]
+    assert sum(isinstance(s.step, DepthwiseStep) for s in plan) >= 10
+    assert not [s.node for s in plan if s.node.op == "Relu"]
 
 
 def test_a_backend_without_a_detector_payload_falls_back():
