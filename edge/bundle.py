@@ -12,7 +12,6 @@ is the one place payload hashes are computed.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +72,22 @@ class Bundle:
         return self.path / PAYLOADS[kind]
 
 
+def _sha256():
+    """A sha256 hasher from Python's own implementation where it has one: hashlib's loads
+    OpenSSL's libcrypto, 3.3 MB resident, for the few small files a bundle hashes at load."""
+    try:
+        from _sha2 import sha256  # Python >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256  # Python 3.11
+        except ImportError:
+            from hashlib import sha256
+    return sha256()
+
+
 def file_digest(path: Path) -> dict[str, Any]:
     """{"sha256": hex, "bytes": n} of one file."""
-    h = hashlib.sha256()
+    h = _sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)

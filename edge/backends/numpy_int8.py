@@ -245,11 +245,12 @@ class NumpyInterpreter:
             self._env[name] = x
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._arena.shared.lock:
+            return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._feed(feeds)
-        signature = tuple(self._env[name].shape for name in self.inputs)
-        recording = self._arena.needs_record(signature)
-        if recording:
-            self._arena.record(signature)
+        recording = self._arena.prepare(tuple(self._env[name].shape for name in self.inputs))
         s = None
         try:
             for i, s in enumerate(self._steps):

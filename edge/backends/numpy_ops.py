@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,21 +132,48 @@ class _Life:
     offset: int = 0
 
 
+class SharedBlock:
+    """The one block of bytes every arena in the process lays its buffers out in.
+
+    Graphs run one at a time (`lock`, held by the interpreter for a whole run, output copies
+    included), so the process needs the largest graph's arena, not the sum of all of them: the
+    pipeline's detector, face and audio students share one. `take(size)` grows the block when
+    an arena needs more; arenas laid out in an older one move to the new one at their next run."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.array = np.empty(0, np.uint8)
+        self.generation = 0
+
+    def take(self, size: int) -> np.ndarray:
+        if size > self.array.nbytes:
+            self.array = np.empty(0, np.uint8)  # the old block goes with the last view into it
+            self.array = np.empty(size, np.uint8)
+            self.generation += 1
+        return self.array
+
+
+BLOCK = SharedBlock()
+
+
 class Arena:
-    """Every buffer of one graph's steps, packed into one block by lifetime.
+    """Every buffer of one graph's steps, laid out by lifetime in the shared block.
 
     The interpreter calls `record(signature)` before a run with new input shapes, `step_done`
     after each step of that run (the step's outputs, their last reader) and `plan()` after it:
     greedy by size (the largest buffer first, at the lowest offset where it overlaps no placed
     buffer alive at the same time), as TFLite's GreedyMemoryPlanner. Buffers alive at once never
-    share bytes, so views handed out by one run stay valid for the steps that read them."""
+    share bytes, so views handed out by one run stay valid for the steps that read them.
+    `bind()` (re)makes the views when the shared block was replaced by a larger one."""
 
-    def __init__(self) -> None:
+    def __init__(self, block: SharedBlock = BLOCK) -> None:
         self.owners: list[Buffers] = []
+        self.shared = block
         self.signature: tuple | None = None
         self.stale = False
-        self.block: np.ndarray | None = None
         self.recording = False
+        self.size = 0
+        self._generation = -1
         self._lives: list[_Life] = []
         self._step = 0
         self._taken: list[tuple[_Life, np.ndarray]] = []
@@ -162,15 +190,18 @@ class Arena:
             self.stale = True  # a buffer the plan does not hold: record again next run
         return a
 
-    def needs_record(self, signature: tuple) -> bool:
-        return self.stale or signature != self.signature
-
-    def record(self, signature: tuple) -> None:
-        """Start recording a run: drop the old plan (its block is freed with its last view)."""
-        for owner in self.owners:
-            owner.views.clear()
-        self.block, self.signature, self.stale, self.recording = None, signature, False, True
-        self._lives, self._step = [], 0
+    def prepare(self, signature: tuple) -> bool:
+        """Before a run: start recording (True) for new input shapes, else make sure the views
+        are in the current shared block."""
+        if self.stale or signature != self.signature:
+            for owner in self.owners:
+                owner.views.clear()
+            self.signature, self.stale, self.recording = signature, False, True
+            self._lives, self._step = [], 0
+            return True
+        if self._generation != self.shared.generation:
+            self.bind()
+        return False
 
     def step_done(self, step: int, outputs: list[tuple[np.ndarray, int]]) -> None:
         """After step `step`: each (output array, index of its last reader) extends the life of
@@ -186,18 +217,23 @@ class Arena:
         self._step = step + 1
 
     def plan(self) -> None:
-        """Place the recorded buffers in one block and hand every owner its views."""
+        """Lay the recorded buffers out (offsets) and bind them to the shared block."""
         placed: list[_Life] = []
         for life in sorted(self._lives, key=lambda x: -x.nbytes):
             life.offset = _lowest_gap(life, placed)
             placed.append(life)
-        size = max((x.offset + x.nbytes for x in placed), default=0)
-        self.block = np.empty(size, np.uint8)
-        for x in placed:
-            x.owner.views[x.tag] = self.block[x.offset:x.offset + x.nbytes].view(x.dtype).reshape(x.shape)
-        self.recording, self._lives = False, []
+        self.size = max((x.offset + x.nbytes for x in placed), default=0)
+        self.recording = False
         self._alive.clear()
         self._life_of.clear()
+        self.bind()
+
+    def bind(self) -> None:
+        """Hand every owner its views of the shared block."""
+        block = self.shared.take(self.size)
+        for x in self._lives:
+            x.owner.views[x.tag] = block[x.offset:x.offset + x.nbytes].view(x.dtype).reshape(x.shape)
+        self._generation = self.shared.generation
 
 
 def _lowest_gap(life: _Life, placed: list[_Life]) -> int:
@@ -527,14 +563,22 @@ class ConvStep:
             if self.zero:
                 np.subtract(inner, self.zero, out=inner)
         if g.im2col:
-            if self._view[0] is not operand:
-                self._view = (operand, self.window.view(operand))
             cols = self.bufs.take("cols", g.cols, self.weights.dtype)
-            np.copyto(cols, self._view[1])
+            np.copyto(cols, self._window_view(operand))
             operand = cols
         acc = self.bufs.take("acc", g.acc, self.weights.dtype)
         np.matmul(self.weights, operand.reshape(g.operand), out=acc)
         env[self.dst] = self.epilogue(self.bufs, acc.reshape(g.out_shape))
+
+    def _window_view(self, padded: np.ndarray) -> np.ndarray:
+        """The window view of `padded`, kept while it is the same arena buffer (never a recorded
+        run's buffer: that one is freed after the run)."""
+        if self.bufs.arena.recording:
+            self._view = (None, None)
+            return self.window.view(padded)
+        if self._view[0] is not padded:
+            self._view = (padded, self.window.view(padded))
+        return self._view[1]
 
     def _shapes(self, x: np.ndarray) -> _ConvShapes:
         key = (x.shape, x.dtype, x.flags.c_contiguous)
