@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.backends.numpy_ops import OPS, ConvStep, Ctx, DenseStep, DepthwiseStep, Env, Node, QuantizeStep, Step, _root
+from edge.backends.numpy_ops import OPS, ConvStep, Ctx, DenseStep, DepthwiseStep, Env, Node, QuantizeStep, Step
 from edge.bundle import Bundle
 from edge.errors import BundleError
 

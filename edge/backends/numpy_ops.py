@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import mmap
 import threading
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -98,6 +98,20 @@ class Ctx:
 
 ALIGN = 64
 """Byte alignment of every buffer in an arena block (cache line; any dtype's itemsize)."""
+MAP_MIN = 1 << 16
+"""Bytes from which `mapped` gives a buffer its own anonymous memory map."""
+
+
+def mapped(shape: tuple, dtype=np.uint8) -> np.ndarray:
+    """np.empty, except that a buffer of MAP_MIN bytes or more is its own anonymous memory map,
+    unmapped (given back to the system) when its last view dies. glibc's malloc keeps freed
+    large blocks in its heap once its mmap threshold has risen, and a recording run frees many:
+    with malloc they stayed resident (~2 MB per recorded graph)."""
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    if count * dtype.itemsize < MAP_MIN:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, count * dtype.itemsize), dtype, count=count).reshape(shape)
 
 
 class Buffers:
@@ -130,6 +144,7 @@ class _Life:
     birth: int
     death: int
     offset: int = 0
+    address: int = 0  # of its memory during the recording run
 
 
 class SharedBlock:
@@ -148,7 +163,7 @@ class SharedBlock:
     def take(self, size: int) -> np.ndarray:
         if size > self.array.nbytes:
             self.array = np.empty(0, np.uint8)  # the old block goes with the last view into it
-            self.array = np.empty(size, np.uint8)
+            self.array = mapped((size,))
             self.generation += 1
         return self.array
 
@@ -175,20 +190,33 @@ class Arena:
         self.size = 0
         self._generation = -1
         self._lives: list[_Life] = []
+        self._alive: list[_Life] = []  # recorded buffers some later step still reads
+        self._in_block: list[_Life] = []  # the alive ones that the recording run put in the shared block
         self._step = 0
-        self._taken: list[tuple[_Life, np.ndarray]] = []
-        self._alive: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-        self._life_of: dict[int, _Life] = {}
 
     def fresh(self, owner: Buffers, tag: str, shape: tuple, dtype) -> np.ndarray:
-        a = np.empty(shape, dtype)
-        if self.recording:
-            life = _Life(owner, tag, tuple(shape), a.dtype, a.nbytes, self._step, self._step)
-            self._lives.append(life)
-            self._taken.append((life, a))
-        elif self.signature is not None:
-            self.stale = True  # a buffer the plan does not hold: record again next run
+        if not self.recording:
+            if self.signature is not None:
+                self.stale = True  # a buffer the plan does not hold: record again next run
+            return mapped(shape, dtype)
+        dtype = np.dtype(dtype)
+        life = _Life(owner, tag, tuple(shape), dtype, math.prod(shape) * dtype.itemsize, self._step, self._step)
+        a = self._recording_buffer(life)
+        life.address = a.ctypes.data
+        self._lives.append(life)
+        self._alive.append(life)
         return a
+
+    def _recording_buffer(self, life: _Life) -> np.ndarray:
+        """While recording: the lowest free gap of the shared block (graphs run one at a time,
+        so all of it is this run's), else a buffer of its own."""
+        self._in_block = [x for x in self._in_block if x.death >= self._step]
+        offset, block = _lowest_gap(life, self._in_block), self.shared.array
+        if offset + life.nbytes > block.nbytes:
+            return mapped(life.shape, life.dtype)
+        life.offset = offset
+        self._in_block.append(life)
+        return block[offset:offset + life.nbytes].view(life.dtype).reshape(life.shape)
 
     def prepare(self, signature: tuple) -> bool:
         """Before a run: start recording (True) for new input shapes, else make sure the views
@@ -197,7 +225,7 @@ class Arena:
             for owner in self.owners:
                 owner.views.clear()
             self.signature, self.stale, self.recording = signature, False, True
-            self._lives, self._step = [], 0
+            self._lives, self._alive, self._in_block, self._step = [], [], [], 0
             return True
         if self._generation != self.shared.generation:
             self.bind()
@@ -206,15 +234,19 @@ class Arena:
     def step_done(self, step: int, outputs: list[tuple[np.ndarray, int]]) -> None:
         """After step `step`: each (output array, index of its last reader) extends the life of
         the buffer the output lives in; buffers the step took that no output lives in die now."""
-        for life, a in self._taken:
-            self._alive[id(a)], self._life_of[id(a)] = a, life
         for array, last in outputs:
-            root = _root(array)
-            if self._alive.get(id(root)) is root:
-                life = self._life_of[id(root)]
+            life = self._holding(array)
+            if life is not None:
                 life.death = max(life.death, last)
-        self._taken.clear()
+        self._alive = [x for x in self._alive if x.death > step]
         self._step = step + 1
+
+    def _holding(self, array: np.ndarray) -> _Life | None:
+        """The alive recorded buffer whose memory `array` (a view of it, maybe) starts in."""
+        if array.nbytes == 0:
+            return None
+        start = array.ctypes.data
+        return next((x for x in self._alive if x.address <= start < x.address + x.nbytes), None)
 
     def plan(self) -> None:
         """Lay the recorded buffers out (offsets) and bind them to the shared block."""
@@ -223,9 +255,7 @@ class Arena:
             life.offset = _lowest_gap(life, placed)
             placed.append(life)
         self.size = max((x.offset + x.nbytes for x in placed), default=0)
-        self.recording = False
-        self._alive.clear()
-        self._life_of.clear()
+        self.recording, self._alive, self._in_block = False, [], []
         self.bind()
 
     def bind(self) -> None:
@@ -246,13 +276,6 @@ def _lowest_gap(life: _Life, placed: list[_Life]) -> int:
             break
         offset = max(offset, -(-hi // ALIGN) * ALIGN)
     return offset
-
-
-def _root(a: np.ndarray) -> np.ndarray:
-    """The array that owns `a`'s memory."""
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    return a
 
 
 def _clip(x: np.ndarray, lo, hi, out: np.ndarray) -> np.ndarray:
