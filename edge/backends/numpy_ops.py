@@ -622,12 +622,16 @@ class ConvStep:
                            (n, g, w.shape[1], math.prod(out)), (n, g * w.shape[1]) + out)
 
 
+TAP_BYTES = 1 << 18
+"""Largest tap product a depthwise step holds: it sums its taps over this many bytes of channels at a time."""
+
+
 @dataclass
 class DepthwiseStep:
     """A float depthwise Conv (one input channel per output channel) as a weighted sum of
-    kernel taps: per kernel offset, the output region whose input lies inside x (not in the
-    padding) gets x's strided view times that tap's weights. No im2col buffer (9x the input for
-    a 3x3 kernel) and no padded copy of x; one multiply-add pass per tap."""
+    kernel taps over strided views of the padded input: no im2col buffer (9x the input for a
+    3x3 kernel), one multiply-add pass per tap, over a block of channels at a time so that
+    the tap product needs TAP_BYTES, not a whole output (the detector's largest, 1.25 MB)."""
 
     src: str
     dst: str
@@ -635,55 +639,24 @@ class DepthwiseStep:
     taps_w: list[np.ndarray]  # per kernel offset, the weights [C, 1, ..., 1]
     epilogue: _Epilogue
     bufs: Buffers
-    _regions: tuple = (None, [])  # (input shape, [(tap index, output region, input view index)], full tap first)
 
     def __call__(self, env: Env) -> None:
         x = env[self.src]
-        out_shape, regions = self._tap_regions(x.shape)
-        y = self.bufs.take("acc", out_shape)
-        tmp = self.bufs.take("tap", out_shape)
-        full = regions[0][1] == (Ellipsis,)
-        if not full:
-            y.fill(0.0)
-        for j, (k, out, src) in enumerate(regions):
-            if j == 0 and full:
-                np.multiply(x[src], self.taps_w[k], out=y)
-                continue
-            part = tmp[out]
-            np.multiply(x[src], self.taps_w[k], out=part)
-            y[out] += part
+        padded, _ = _pad_into(self.bufs, x, self.window.pads, 0.0, np.float32)
+        taps = self.window.taps(padded)
+        shape = taps[0].shape
+        y = self.bufs.take("acc", shape)
+        block = max(1, TAP_BYTES // (4 * math.prod(shape) // shape[1]))
+        tmp = self.bufs.take("tap", (shape[0], min(block, shape[1])) + shape[2:])
+        for c in range(0, shape[1], block):
+            ch = slice(c, c + block)
+            yc = y[:, ch]
+            tc = tmp[:, :yc.shape[1]]
+            np.multiply(taps[0][:, ch], self.taps_w[0][ch], out=yc)
+            for view, w in zip(taps[1:], self.taps_w[1:]):
+                np.multiply(view[:, ch], w[ch], out=tc)
+                yc += tc
         env[self.dst] = self.epilogue(self.bufs, y)
-
-    def _tap_regions(self, shape: tuple) -> tuple[tuple, list]:
-        if self._regions[0] != shape:
-            self._regions = (shape, _regions(shape, self.window))
-        nd = len(shape) - 2
-        w = self.window
-        out = w.out_shape(tuple(s + w.pads[i] + w.pads[i + nd] for i, s in enumerate(shape[2:])))
-        return shape[:2] + out, self._regions[1]
-
-
-def _regions(shape: tuple, w: _Window) -> list[tuple[int, tuple, tuple]]:
-    """Per kernel offset: (tap index, output region, index of its input view), a tap covering
-    the whole output first (it initializes the sum); taps that fall wholly in padding are left out."""
-    nd = len(shape) - 2
-    out = w.out_shape(tuple(s + w.pads[i] + w.pads[i + nd] for i, s in enumerate(shape[2:])))
-    found = []
-    for k, offs in enumerate(itertools.product(*(range(0, n * d, d) for n, d in zip(w.kernel, w.dilations)))):
-        o_idx, i_idx = [slice(None), slice(None)], [slice(None), slice(None)]
-        for a, off in enumerate(offs):
-            t, pad, size = w.strides[a], w.pads[a], shape[2 + a]
-            lo = max(0, -(-(pad - off) // t))  # first output whose input row off - pad + o * t >= 0
-            hi = min(out[a], (size - 1 - off + pad) // t + 1)
-            o_idx.append(slice(lo, hi))
-            start = lo * t + off - pad
-            i_idx.append(slice(start, start + (hi - lo - 1) * t + 1, t))
-        if any(sl.stop <= sl.start for sl in o_idx[2:]):
-            continue
-        whole = all(sl.start == 0 and sl.stop == n for sl, n in zip(o_idx[2:], out))
-        found.append((k, (Ellipsis,) if whole else tuple(o_idx), tuple(i_idx)))
-    found.sort(key=lambda r: r[1] != (Ellipsis,))
-    return found
 
 
 def _int_dtype(w: np.ndarray, max_abs_x: float, axis_k: int):
