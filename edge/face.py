@@ -13,7 +13,13 @@ Detectors sit behind `FaceDetector` (`make_detector`): "cnn", the default, is th
 `face_detector` bundle (edge/detector.py) on the pipeline's backends; "haar" is OpenCV's
 Haar cascade (cv2 imported lazily: `pip install avemo-edge[capture]`, opencv <5).
 The crop (gray conversion and resampling, as cv2.cvtColor + cv2.resize INTER_AREA)
-is numpy; its resampling matrix is remade only when the crop's size changes.
+is numpy; its resampling matrix is remade only when the crop's size changes. What the crop
+is (size, margin, standardization: `FaceInput`; eye levelling) is the face bundle's
+(`input.face`, `input.alignment`): the pipeline builds its stage from the bundle.
+Eye levelling (`level_eyes`, when the detector gives landmarks): the crop square is turned
+about its centre so that the line between the eyes is horizontal (bilinear sampling of the
+gray frame, edge pixels repeated, as cv2.warpAffine INTER_LINEAR + BORDER_REPLICATE), then
+shrunk as above.
 """
 from __future__ import annotations
 
@@ -118,17 +124,25 @@ def area_matrix(src: int, dst: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
+def eye_angle(landmarks: np.ndarray) -> float:
+    """Radians the eye line turns from horizontal (image coordinates, y down): landmarks [5, 2]
+    with the right eye (on the image's left) first, the left eye second, as the CNN detector's."""
+    (rx, ry), (lx, ly) = landmarks[0], landmarks[1]
+    return float(np.arctan2(ly - ry, lx - rx))
+
+
 class FaceCropper:
     """Crop + gray + area resize + per-crop standardization into a preallocated [1, 1, S, S] buffer.
 
     `small` (float32 [S, S], allocated once, overwritten by each `crop`) keeps the last crop
-    before standardization: integer gray values 0..255, what training caches as uint8."""
+    before standardization: integer gray values 0..255, what training caches as uint8.
+    With `level_eyes`, `crop(frame, box, landmarks)` turns the square so the eyes are level."""
 
     GRAY = (0.114, 0.587, 0.299)
     """B, G, R weights of the gray conversion (ITU-R BT.601, as cv2.COLOR_BGR2GRAY)."""
 
-    def __init__(self, spec: FaceInput = FACE) -> None:
-        self.spec = spec
+    def __init__(self, spec: FaceInput = FACE, level_eyes: bool = False) -> None:
+        self.spec, self.level_eyes = spec, level_eyes
         self.input = np.zeros((1, 1, spec.size, spec.size), np.float32)
         self.small = np.zeros((spec.size, spec.size), np.float32)
         self._side = 0
@@ -139,13 +153,19 @@ class FaceCropper:
         self._gray = np.empty((side, side), np.float32)
         self._channel = np.empty((side, side), np.float32)
         self._rows = np.empty((self.spec.size, side), np.float32)
+        if self.level_eyes:
+            self._turn = _Turn(side)
 
-    def crop(self, frame: np.ndarray, box: Box) -> np.ndarray:
-        """The square crop around `box` (margin from the spec) of a BGR or gray frame, standardized."""
+    def crop(self, frame: np.ndarray, box: Box, landmarks: np.ndarray | None = None) -> np.ndarray:
+        """The square crop around `box` (margin from the spec) of a BGR or gray frame, standardized;
+        turned to level the eyes when the cropper levels them and `landmarks` are given."""
         x, y, w, h = square_crop_box(box, frame.shape, self.spec.margin)
         if w != self._side:
             self._resize_buffers(w)
-        self._to_gray(frame[y:y + h, x:x + w])
+        if self.level_eyes and landmarks is not None:
+            self._turn(frame, x + w / 2.0, y + h / 2.0, eye_angle(landmarks), self.GRAY, self._gray)
+        else:
+            self._to_gray(frame[y:y + h, x:x + w])
         np.matmul(self._matrix, self._gray, out=self._rows)
         np.matmul(self._rows, self._matrix.T, out=self.small)
         np.rint(self.small, out=self.small)  # cv2 gives uint8: the same rounding
@@ -155,9 +175,11 @@ class FaceCropper:
         if region.ndim == 2:
             np.copyto(self._gray, region)
             return
-        np.multiply(region[..., 0], self.GRAY[0], out=self._gray)
+        np.copyto(self._gray, region[..., 0])  # a ufunc on uint8 into float32 would buffer (allocate)
+        self._gray *= np.float32(self.GRAY[0])
         for c in (1, 2):
-            np.multiply(region[..., c], self.GRAY[c], out=self._channel)
+            np.copyto(self._channel, region[..., c])
+            self._channel *= np.float32(self.GRAY[c])
             self._gray += self._channel
         np.rint(self._gray, out=self._gray)
 
@@ -169,6 +191,70 @@ class FaceCropper:
         out -= mean
         out /= std
         return self.input
+
+
+class _Turn:
+    """Bilinear samples of a frame's gray levels on a square grid of `side` pixels turned by an
+    angle about a centre, into a [side, side] float32 buffer; every buffer allocated here."""
+
+    def __init__(self, side: int) -> None:
+        offsets = np.arange(side, dtype=np.float32) + 0.5 - side / 2.0
+        self.u, self.v = np.meshgrid(offsets, offsets)  # output pixel centres, from the square's centre
+        self.sx, self.sy, self.fx, self.fy, self.gx, self.gy, self.tmp, self.corner = (
+            np.empty((side, side), np.float32) for _ in range(8))
+        self.ix, self.iy, self.idx, self.col = (np.empty((side, side), np.intp) for _ in range(4))
+        self.pixels = np.empty((side, side), np.uint8)
+
+    def __call__(self, frame: np.ndarray, cx: float, cy: float, angle: float, weights: tuple, out: np.ndarray) -> None:
+        h, w = frame.shape[:2]
+        c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+        self._source(self.sx, self.u, c, self.v, -s, cx - 0.5, w - 1)  # source x = cx + u cos - v sin
+        self._source(self.sy, self.u, s, self.v, c, cy - 0.5, h - 1)  # source y = cy + u sin + v cos
+        for src, whole, frac, rest in ((self.sx, self.ix, self.fx, self.gx), (self.sy, self.iy, self.fy, self.gy)):
+            np.floor(src, out=frac)
+            np.copyto(whole, frac, casting="unsafe")
+            np.subtract(src, frac, out=frac)  # weight of the next pixel
+            np.subtract(1.0, frac, out=rest)  # weight of this one
+        flat = np.ascontiguousarray(frame).reshape(-1)
+        out.fill(0.0)
+        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            self._corner(flat, frame.shape, dx, dy, weights)
+            self.corner *= self.fx if dx else self.gx
+            self.corner *= self.fy if dy else self.gy
+            out += self.corner
+        np.rint(out, out=out)  # cv2.warpAffine gives uint8: the same rounding
+
+    def _source(self, dst: np.ndarray, u: np.ndarray, a: np.float32, v: np.ndarray, b: np.float32,
+                shift: float, limit: int) -> None:
+        """dst = u * a + v * b + shift, clipped to [0, limit] (edge pixels repeat)."""
+        np.multiply(u, a, out=dst)
+        np.multiply(v, b, out=self.tmp)
+        dst += self.tmp
+        dst += np.float32(shift)
+        np.clip(dst, 0, limit, out=dst)
+
+    def _corner(self, flat: np.ndarray, shape: tuple, dx: int, dy: int, weights: tuple) -> None:
+        """Gray levels (rounded, as cv2's conversion) of each sample's (dx, dy) neighbour into `corner`."""
+        h, w = shape[:2]
+        np.add(self.iy, dy, out=self.idx)
+        np.minimum(self.idx, h - 1, out=self.idx)
+        self.idx *= w
+        np.add(self.ix, dx, out=self.col)
+        np.minimum(self.col, w - 1, out=self.col)
+        self.idx += self.col
+        if len(shape) == 2:
+            np.take(flat, self.idx, out=self.pixels, mode="clip")  # "raise" would buffer (allocate)
+            np.copyto(self.corner, self.pixels)
+            return
+        self.idx *= shape[2]
+        self.corner.fill(0.0)
+        for weight in weights:
+            np.take(flat, self.idx, out=self.pixels, mode="clip")  # "raise" would buffer (allocate)
+            np.copyto(self.tmp, self.pixels)  # a ufunc on uint8 and float32 would buffer (allocate)
+            self.tmp *= np.float32(weight)
+            self.corner += self.tmp
+            self.idx += 1
+        np.rint(self.corner, out=self.corner)
 
 
 def standardize_crops(crops: np.ndarray, spec: FaceInput = FACE) -> np.ndarray:
@@ -183,11 +269,11 @@ class FaceStage:
     """Detector every Nth frame + box reuse + crop. One instance per stream."""
 
     def __init__(self, detector: FaceDetector | None = None, detect_every: int = 3,
-                 keep_frames: int | None = None, spec: FaceInput = FACE) -> None:
+                 keep_frames: int | None = None, spec: FaceInput = FACE, level_eyes: bool = False) -> None:
         self.detector = detector if detector is not None else make_detector()
         self.detect_every = detect_every
         self.keep_frames = keep_frames if keep_frames is not None else 2 * detect_every
-        self.cropper = FaceCropper(spec)
+        self.cropper = FaceCropper(spec, level_eyes)
         self.input = self.cropper.input
         self.box: Box | None = None
         self.landmarks: np.ndarray | None = None
@@ -212,5 +298,5 @@ class FaceStage:
             self.box = self.landmarks = None
         if self.box is None:
             return None
-        self.cropper.crop(frame, self.box)
+        self.cropper.crop(frame, self.box, self.landmarks)
         return self.box
