@@ -141,3 +141,25 @@ def test_mirror_average_answers_the_mean_of_the_crop_and_its_mirror(tmp_path):
     assert not np.allclose(p, q)
     np.testing.assert_allclose(mirrored(x), (p + q) / 2, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(mirrored.embedding, (e + f) / 2, rtol=1e-6, atol=1e-6)
+
+
+def test_face_stage_takes_crop_and_alignment_from_the_face_bundle(tmp_path, bundles, frame):
+    """The live face stage crops as the face bundle's manifest says (input.face, input.alignment),
+    not as edge.settings.FACE: a bundle with another margin and eye levelling gets both."""
+    import json
+    import shutil
+    from edge.bundle import write_manifest
+    folder = tmp_path / "face"
+    shutil.copytree(load_bundle(bundles["face"]).path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["input"]["face"]["margin"] = 0.2
+    manifest["input"]["alignment"] = {"level_eyes": True}
+    write_manifest(folder, {k: v for k, v in manifest.items() if k != "files"})
+    stage = Pipeline(load_profile("x86"), None, str(folder), backend="numpy").face_stage
+    assert stage.cropper.spec.margin == 0.2 and stage.cropper.level_eyes
+    plain = Pipeline(load_profile("x86"), None, bundles["face"], backend="numpy").face_stage
+    assert plain.cropper.spec == load_bundle(bundles["face"]).face and not plain.cropper.level_eyes
+    for s in (stage, plain):
+        s.detect_every = 1
+        assert s.process(frame) is not None
+    assert not np.allclose(stage.input, plain.input)
