@@ -195,66 +195,81 @@ class FaceCropper:
 
 class _Turn:
     """Bilinear samples of a frame's gray levels on a square grid of `side` pixels turned by an
-    angle about a centre, into a [side, side] float32 buffer; every buffer allocated here."""
+    angle about a centre, into a [side, side] float32 buffer, ROWS grid rows at a time (its
+    buffers hold ROWS rows: ~65 bytes per grid pixel at once would be 5.8 MB for a 300 px face)."""
+
+    ROWS = 16
 
     def __init__(self, side: int) -> None:
-        offsets = np.arange(side, dtype=np.float32) + 0.5 - side / 2.0
-        self.u, self.v = np.meshgrid(offsets, offsets)  # output pixel centres, from the square's centre
+        self.offsets = np.arange(side, dtype=np.float32) + 0.5 - side / 2.0  # pixel centres from the square's centre
+        shape = (min(side, self.ROWS), side)
         self.sx, self.sy, self.fx, self.fy, self.gx, self.gy, self.tmp, self.corner = (
-            np.empty((side, side), np.float32) for _ in range(8))
-        self.ix, self.iy, self.idx, self.col = (np.empty((side, side), np.intp) for _ in range(4))
-        self.pixels = np.empty((side, side), np.uint8)
+            np.empty(shape, np.float32) for _ in range(8))
+        self.ix, self.iy, self.idx, self.col = (np.empty(shape, np.intp) for _ in range(4))
+        self.pixels = np.empty(shape, np.uint8)
 
     def __call__(self, frame: np.ndarray, cx: float, cy: float, angle: float, weights: tuple, out: np.ndarray) -> None:
-        h, w = frame.shape[:2]
         c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
-        self._source(self.sx, self.u, c, self.v, -s, cx - 0.5, w - 1)  # source x = cx + u cos - v sin
-        self._source(self.sy, self.u, s, self.v, c, cy - 0.5, h - 1)  # source y = cy + u sin + v cos
-        for src, whole, frac, rest in ((self.sx, self.ix, self.fx, self.gx), (self.sy, self.iy, self.fy, self.gy)):
-            np.floor(src, out=frac)
-            np.copyto(whole, frac, casting="unsafe")
-            np.subtract(src, frac, out=frac)  # weight of the next pixel
-            np.subtract(1.0, frac, out=rest)  # weight of this one
         flat = np.ascontiguousarray(frame).reshape(-1)
-        out.fill(0.0)
-        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-            self._corner(flat, frame.shape, dx, dy, weights)
-            self.corner *= self.fx if dx else self.gx
-            self.corner *= self.fy if dy else self.gy
-            out += self.corner
+        u = self.offsets
+        for r0 in range(0, len(u), self.ROWS):
+            v = u[r0:r0 + self.ROWS, None]
+            self._rows(flat, frame.shape, (cx, cy, c, s), u, v, weights, out[r0:r0 + len(v)])
         np.rint(out, out=out)  # cv2.warpAffine gives uint8: the same rounding
+
+    def _rows(self, flat: np.ndarray, shape: tuple, turn: tuple, u: np.ndarray, v: np.ndarray, weights: tuple,
+              out: np.ndarray) -> None:
+        """Grid rows v (a column of offsets) into `out`: source x = cx + u cos - v sin, y = cy + u sin + v cos."""
+        cx, cy, c, s = turn
+        n, (h, w) = len(v), shape[:2]
+        self._source(self.sx[:n], u, c, v, -s, cx - 0.5, w - 1)
+        self._source(self.sy[:n], u, s, v, c, cy - 0.5, h - 1)
+        for src, whole, frac, rest in ((self.sx, self.ix, self.fx, self.gx), (self.sy, self.iy, self.fy, self.gy)):
+            np.floor(src[:n], out=frac[:n])
+            np.copyto(whole[:n], frac[:n], casting="unsafe")
+            np.subtract(src[:n], frac[:n], out=frac[:n])  # weight of the next pixel
+            np.subtract(1.0, frac[:n], out=rest[:n])  # weight of this one
+        out.fill(0.0)
+        corner = self.corner[:n]
+        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            self._corner(flat, shape, dx, dy, weights, n)
+            corner *= (self.fx if dx else self.gx)[:n]
+            corner *= (self.fy if dy else self.gy)[:n]
+            out += corner
 
     def _source(self, dst: np.ndarray, u: np.ndarray, a: np.float32, v: np.ndarray, b: np.float32,
                 shift: float, limit: int) -> None:
         """dst = u * a + v * b + shift, clipped to [0, limit] (edge pixels repeat)."""
+        tmp = self.tmp[:len(dst)]
         np.multiply(u, a, out=dst)
-        np.multiply(v, b, out=self.tmp)
-        dst += self.tmp
+        np.multiply(v, b, out=tmp)
+        dst += tmp
         dst += np.float32(shift)
         np.clip(dst, 0, limit, out=dst)
 
-    def _corner(self, flat: np.ndarray, shape: tuple, dx: int, dy: int, weights: tuple) -> None:
-        """Gray levels (rounded, as cv2's conversion) of each sample's (dx, dy) neighbour into `corner`."""
+    def _corner(self, flat: np.ndarray, shape: tuple, dx: int, dy: int, weights: tuple, n: int) -> None:
+        """Gray levels (rounded, as cv2's conversion) of each sample's (dx, dy) neighbour into `corner[:n]`."""
         h, w = shape[:2]
-        np.add(self.iy, dy, out=self.idx)
-        np.minimum(self.idx, h - 1, out=self.idx)
-        self.idx *= w
-        np.add(self.ix, dx, out=self.col)
-        np.minimum(self.col, w - 1, out=self.col)
-        self.idx += self.col
+        idx, col, pixels, corner, tmp = self.idx[:n], self.col[:n], self.pixels[:n], self.corner[:n], self.tmp[:n]
+        np.add(self.iy[:n], dy, out=idx)
+        np.minimum(idx, h - 1, out=idx)
+        idx *= w
+        np.add(self.ix[:n], dx, out=col)
+        np.minimum(col, w - 1, out=col)
+        idx += col
         if len(shape) == 2:
-            np.take(flat, self.idx, out=self.pixels, mode="clip")  # "raise" would buffer (allocate)
-            np.copyto(self.corner, self.pixels)
+            np.take(flat, idx, out=pixels, mode="clip")  # "raise" would buffer (allocate)
+            np.copyto(corner, pixels)
             return
-        self.idx *= shape[2]
-        self.corner.fill(0.0)
+        idx *= shape[2]
+        corner.fill(0.0)
         for weight in weights:
-            np.take(flat, self.idx, out=self.pixels, mode="clip")  # "raise" would buffer (allocate)
-            np.copyto(self.tmp, self.pixels)  # a ufunc on uint8 and float32 would buffer (allocate)
-            self.tmp *= np.float32(weight)
-            self.corner += self.tmp
-            self.idx += 1
-        np.rint(self.corner, out=self.corner)
+            np.take(flat, idx, out=pixels, mode="clip")
+            np.copyto(tmp, pixels)  # a ufunc on uint8 and float32 would buffer (allocate)
+            tmp *= np.float32(weight)
+            corner += tmp
+            idx += 1
+        np.rint(corner, out=corner)
 
 
 def standardize_crops(crops: np.ndarray, spec: FaceInput = FACE) -> np.ndarray:
