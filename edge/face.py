@@ -155,6 +155,8 @@ class FaceCropper:
         self._rows = np.empty((self.spec.size, side), np.float32)
         if self.level_eyes:
             self._turn = _Turn(side)
+            reach = 2 * self._turn.reach + 1
+            self._region, self._region_channel = np.zeros((reach, reach), np.float32), np.empty((reach, reach), np.float32)
 
     def crop(self, frame: np.ndarray, box: Box, landmarks: np.ndarray | None = None) -> np.ndarray:
         """The square crop around `box` (margin from the spec) of a BGR or gray frame, standardized;
@@ -163,25 +165,36 @@ class FaceCropper:
         if w != self._side:
             self._resize_buffers(w)
         if self.level_eyes and landmarks is not None:
-            self._turn(frame, x + w / 2.0, y + h / 2.0, eye_angle(landmarks), self.GRAY, self._gray)
+            self._levelled(frame, x + w / 2.0, y + h / 2.0, eye_angle(landmarks))
         else:
-            self._to_gray(frame[y:y + h, x:x + w])
+            self._to_gray(frame[y:y + h, x:x + w], self._gray, self._channel)
         np.matmul(self._matrix, self._gray, out=self._rows)
         np.matmul(self._rows, self._matrix.T, out=self.small)
         np.rint(self.small, out=self.small)  # cv2 gives uint8: the same rounding
         return self.standardize(self.small)
 
-    def _to_gray(self, region: np.ndarray) -> None:
+    def _levelled(self, frame: np.ndarray, cx: float, cy: float, angle: float) -> None:
+        """Gray of the frame around the crop (as far as a turned corner reaches, clipped to the
+        frame), then the turned square sampled from it into `_gray`."""
+        reach = self._turn.reach
+        x0, y0 = max(0, int(cx) - reach), max(0, int(cy) - reach)
+        x1, y1 = min(frame.shape[1], int(cx) + reach + 1), min(frame.shape[0], int(cy) + reach + 1)
+        region = self._region[:y1 - y0, :x1 - x0]
+        self._to_gray(frame[y0:y1, x0:x1], region, self._region_channel[:y1 - y0, :x1 - x0])
+        self._turn(self._region, region.shape, cx - x0, cy - y0, angle, self._gray)
+
+    def _to_gray(self, region: np.ndarray, gray: np.ndarray, channel: np.ndarray) -> None:
+        """BGR (or gray) uint8 `region` -> rounded gray levels in `gray` (`channel`: scratch, same shape)."""
         if region.ndim == 2:
-            np.copyto(self._gray, region)
+            np.copyto(gray, region)
             return
-        np.copyto(self._gray, region[..., 0])  # a ufunc on uint8 into float32 would buffer (allocate)
-        self._gray *= np.float32(self.GRAY[0])
+        np.copyto(gray, region[..., 0])  # a ufunc on uint8 into float32 would buffer (allocate)
+        gray *= np.float32(self.GRAY[0])
         for c in (1, 2):
-            np.copyto(self._channel, region[..., c])
-            self._channel *= np.float32(self.GRAY[c])
-            self._gray += self._channel
-        np.rint(self._gray, out=self._gray)
+            np.copyto(channel, region[..., c])
+            channel *= np.float32(self.GRAY[c])
+            gray += channel
+        np.rint(gray, out=gray)
 
     def standardize(self, gray_crop: np.ndarray) -> np.ndarray:
         out = self.input[0, 0]
@@ -194,34 +207,37 @@ class FaceCropper:
 
 
 class _Turn:
-    """Bilinear samples of a frame's gray levels on a square grid of `side` pixels turned by an
-    angle about a centre, into a [side, side] float32 buffer, ROWS grid rows at a time (its
-    buffers hold ROWS rows: ~65 bytes per grid pixel at once would be 5.8 MB for a 300 px face)."""
+    """Bilinear samples of a gray image on a square grid of `side` pixels turned by an angle
+    about a centre, into a [side, side] float32 buffer, ROWS grid rows at a time (its buffers
+    hold ROWS rows: ~50 bytes per grid pixel at once would be 4.5 MB for a 300 px square).
+    `reach`: how far from the centre a sample's neighbours can be."""
 
-    ROWS = 16
+    ROWS = 32
 
     def __init__(self, side: int) -> None:
         self.offsets = np.arange(side, dtype=np.float32) + 0.5 - side / 2.0  # pixel centres from the square's centre
+        self.reach = int(np.ceil(side / np.sqrt(2.0))) + 2
         shape = (min(side, self.ROWS), side)
         self.sx, self.sy, self.fx, self.fy, self.gx, self.gy, self.tmp, self.corner = (
             np.empty(shape, np.float32) for _ in range(8))
-        self.ix, self.iy, self.idx, self.col = (np.empty(shape, np.intp) for _ in range(4))
-        self.pixels = np.empty(shape, np.uint8)
+        self.ix, self.iy, self.idx = (np.empty(shape, np.intp) for _ in range(3))
 
-    def __call__(self, frame: np.ndarray, cx: float, cy: float, angle: float, weights: tuple, out: np.ndarray) -> None:
+    def __call__(self, gray: np.ndarray, size: tuple[int, int], cx: float, cy: float, angle: float,
+                 out: np.ndarray) -> None:
+        """`gray`: a C-contiguous buffer whose top-left `size` (rows, columns) is the image; edge
+        pixels repeat outside it."""
         c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
-        flat = np.ascontiguousarray(frame).reshape(-1)
-        u = self.offsets
+        flat, u = gray.reshape(-1), self.offsets
         for r0 in range(0, len(u), self.ROWS):
             v = u[r0:r0 + self.ROWS, None]
-            self._rows(flat, frame.shape, (cx, cy, c, s), u, v, weights, out[r0:r0 + len(v)])
+            self._rows(flat, gray.shape[1], size, (cx, cy, c, s), v, out[r0:r0 + len(v)])
         np.rint(out, out=out)  # cv2.warpAffine gives uint8: the same rounding
 
-    def _rows(self, flat: np.ndarray, shape: tuple, turn: tuple, u: np.ndarray, v: np.ndarray, weights: tuple,
+    def _rows(self, flat: np.ndarray, stride: int, size: tuple[int, int], turn: tuple, v: np.ndarray,
               out: np.ndarray) -> None:
         """Grid rows v (a column of offsets) into `out`: source x = cx + u cos - v sin, y = cy + u sin + v cos."""
         cx, cy, c, s = turn
-        n, (h, w) = len(v), shape[:2]
+        n, (h, w), u = len(v), size, self.offsets
         self._source(self.sx[:n], u, c, v, -s, cx - 0.5, w - 1)
         self._source(self.sy[:n], u, s, v, c, cy - 0.5, h - 1)
         for src, whole, frac, rest in ((self.sx, self.ix, self.fx, self.gx), (self.sy, self.iy, self.fy, self.gy)):
@@ -229,10 +245,15 @@ class _Turn:
             np.copyto(whole[:n], frac[:n], casting="unsafe")
             np.subtract(src[:n], frac[:n], out=frac[:n])  # weight of the next pixel
             np.subtract(1.0, frac[:n], out=rest[:n])  # weight of this one
+        base, idx, corner = self.iy[:n], self.idx[:n], self.corner[:n]
+        base *= stride
+        base += self.ix[:n]  # the top-left neighbour's index
         out.fill(0.0)
-        corner = self.corner[:n]
         for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-            self._corner(flat, shape, dx, dy, weights, n)
+            # past the image's last row or column the weight (fy or fx) is exactly 0: whatever
+            # finite value sits there in the buffer (zeroed at allocation) adds nothing
+            np.add(base, dy * stride + dx, out=idx)
+            np.take(flat, idx, out=corner, mode="clip")  # "raise" would buffer (allocate)
             corner *= (self.fx if dx else self.gx)[:n]
             corner *= (self.fy if dy else self.gy)[:n]
             out += corner
@@ -246,30 +267,6 @@ class _Turn:
         dst += tmp
         dst += np.float32(shift)
         np.clip(dst, 0, limit, out=dst)
-
-    def _corner(self, flat: np.ndarray, shape: tuple, dx: int, dy: int, weights: tuple, n: int) -> None:
-        """Gray levels (rounded, as cv2's conversion) of each sample's (dx, dy) neighbour into `corner[:n]`."""
-        h, w = shape[:2]
-        idx, col, pixels, corner, tmp = self.idx[:n], self.col[:n], self.pixels[:n], self.corner[:n], self.tmp[:n]
-        np.add(self.iy[:n], dy, out=idx)
-        np.minimum(idx, h - 1, out=idx)
-        idx *= w
-        np.add(self.ix[:n], dx, out=col)
-        np.minimum(col, w - 1, out=col)
-        idx += col
-        if len(shape) == 2:
-            np.take(flat, idx, out=pixels, mode="clip")  # "raise" would buffer (allocate)
-            np.copyto(corner, pixels)
-            return
-        idx *= shape[2]
-        corner.fill(0.0)
-        for weight in weights:
-            np.take(flat, idx, out=pixels, mode="clip")
-            np.copyto(tmp, pixels)  # a ufunc on uint8 and float32 would buffer (allocate)
-            tmp *= np.float32(weight)
-            corner += tmp
-            idx += 1
-        np.rint(corner, out=corner)
 
 
 def standardize_crops(crops: np.ndarray, spec: FaceInput = FACE) -> np.ndarray:
