@@ -174,8 +174,9 @@ BLOCK = SharedBlock()
 class Arena:
     """Every buffer of one graph's steps, laid out by lifetime in the shared block.
 
-    The interpreter calls `record(signature)` before a run with new input shapes, `step_done`
-    after each step of that run (the step's outputs, their last reader) and `plan()` after it:
+    The interpreter calls `prepare(signature)` before every run (True: these input shapes are
+    new, record this run), then while recording `step_done` after each step (the step's
+    outputs, their last reader) and `plan()` after the run:
     greedy by size (the largest buffer first, at the lowest offset where it overlaps no placed
     buffer alive at the same time), as TFLite's GreedyMemoryPlanner. Buffers alive at once never
     share bytes, so views handed out by one run stay valid for the steps that read them.
