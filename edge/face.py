@@ -156,7 +156,8 @@ class FaceCropper:
         if self.level_eyes:
             self._turn = _Turn(side)
             reach = 2 * self._turn.reach + 1
-            self._region, self._region_channel = np.zeros((reach, reach), np.float32), np.empty((reach, reach), np.float32)
+            self._region = np.zeros((reach, reach), np.float32)  # zeroed: _Turn may read past the image
+            self._region_channel = np.empty((reach, reach), np.float32)
 
     def crop(self, frame: np.ndarray, box: Box, landmarks: np.ndarray | None = None) -> np.ndarray:
         """The square crop around `box` (margin from the spec) of a BGR or gray frame, standardized;

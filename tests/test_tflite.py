@@ -148,7 +148,8 @@ def _upsample_graph(tmp_path, quantized: bool):
     """x [1, 3, 5, 4] -> (QDQ) -> Resize nearest x2 (asymmetric, floor) -> (QDQ) -> Sigmoid -> y:
     the detector's feature-pyramid upsample and score activation, float or between int8 tensors."""
     init = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
-            numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(120, np.uint8), "z")]
+            numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+            numpy_helper.from_array(np.array(120, np.uint8), "z")]
     nodes, src = [], "x"
     if quantized:
         nodes += [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),

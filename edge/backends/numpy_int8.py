@@ -269,7 +269,8 @@ class NumpyInterpreter:
 
     def _recorded(self, i: int, s: _Planned) -> None:
         """While recording: extend the lives of the buffers step i wrote, drop what nothing reads again."""
-        self._arena.step_done(i, [(self._env[w], last) for w, last in s.writes if isinstance(self._env.get(w), np.ndarray)])
+        written = [(self._env[w], last) for w, last in s.writes if isinstance(self._env.get(w), np.ndarray)]
+        self._arena.step_done(i, written)
         for name in s.frees:
             self._env.pop(name, None)
 

@@ -920,7 +920,8 @@ def _op_resize(node: Node, ctx: Ctx) -> Step:
     if at.get("mode", "nearest") != "nearest" or modes not in _RESIZE_EXACT:
         raise BundleError(f"{ctx.path}: {node.label()}: only mode nearest with coordinate modes "
                           f"{sorted(_RESIZE_EXACT)} is supported, got {at.get('mode', 'nearest')} {modes}")
-    src, scales_name, sizes_name, dst, bufs = node.input(0), node.input(2), node.input(3), node.outputs[0], ctx.buffers()
+    src, scales_name, sizes_name, dst = node.input(0), node.input(2), node.input(3), node.outputs[0]
+    bufs = ctx.buffers()
     scales = ctx.const(scales_name, node) if scales_name else np.zeros(0)
     sizes = ctx.const(sizes_name, node) if sizes_name else None
 
