@@ -142,3 +142,27 @@ def test_crop_allocates_no_frame_sized_buffer_per_call(eyes):
         "c = FaceCropper(level_eyes=True)",
         f"c.crop(frame, (100, 60, 90, 90), {eyes})", steps=200)
     assert peak < 16 * 1024 and held < 2048, (peak, held)
+
+
+def test_face_alignment_tool_compares_plain_and_levelled_crops(tmp_path):
+    """tools/face_alignment.py (the figures in docs/students.md) on the first FER2013 validation
+    faces and CREMA-D frames: both crops scored on the same faces, discordant pairs counted."""
+    import json
+    import subprocess
+    import sys
+    pytest.importorskip("onnxruntime")
+    root = Path(__file__).resolve().parents[1]
+    data = root.parent / "shared" / "data"
+    if not (data / "fer2013" / "train").is_dir():
+        pytest.skip("../shared/data/fer2013 not present")
+    out = tmp_path / "align.json"
+    proc = subprocess.run([sys.executable, str(root / "tools" / "face_alignment.py"), "--data", str(data),
+                           "--limit", "12", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for sets in report.values():
+        for r in sets.values():
+            assert r["frames"] == 12 and 0 < r["with_face"] <= 12
+            for crop in ("plain", "level_eyes"):
+                assert 0 <= r[crop]["accuracy"] <= 1
+            assert r["only_plain_right"] + r["only_level_eyes_right"] <= r["with_face"]

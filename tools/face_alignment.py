@@ -1,6 +1,6 @@
 """Does levelling the eyes before the crop help the shipped face student? Measured on real faces.
 
-    python tools/face_alignment.py [--data ../shared/data] [--tilt 20] [--json out.json]
+    python tools/face_alignment.py [--data ../shared/data] [--tilt 20] [--limit N] [--json out.json]
 
 Face sets (real faces with an emotion label):
   fer-val     FER2013 validation faces (distill.ship.fer_items(root)["val"], the student's own
@@ -20,6 +20,7 @@ Needs opencv-python-headless and onnxruntime; ../shared for the data.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -111,10 +112,10 @@ class Comparison:
         return out
 
 
-def evaluate(frames: Iterator[tuple[np.ndarray, str]], tilt: float) -> dict:
-    """{"upright": report, "tilted": report} over one set."""
+def evaluate(frames: Iterator[tuple[np.ndarray, str]], tilt: float, limit: int | None = None) -> dict:
+    """{"upright": report, "tilted": report} over one set (its first `limit` frames)."""
     upright, tilted = Comparison(), Comparison()
-    for i, (frame, label) in enumerate(frames):
+    for i, (frame, label) in enumerate(itertools.islice(frames, limit)):
         upright.add(frame, label)
         tilted.add(turned(frame, tilt if i % 2 else -tilt), label)
     return {"upright": upright.report(), f"tilted +-{tilt:g}": tilted.report()}
@@ -124,13 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED, help="folder with fer2013/ and cremad_fixture/")
     parser.add_argument("--tilt", type=float, default=20.0, help="degrees the tilted copies are turned")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N frames of each set")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     if not (args.data / "fer2013" / "train").is_dir():
         parser.error(f"{args.data}: no fer2013/train folder: pass --data with the shared data")
-    report = {"fer-val": evaluate(fer_frames(args.data), args.tilt)}
+    report = {"fer-val": evaluate(fer_frames(args.data), args.tilt, args.limit)}
     if (args.data / "cremad_fixture").is_dir():
-        report["cremad"] = evaluate(cremad_frames(args.data), args.tilt)
+        report["cremad"] = evaluate(cremad_frames(args.data), args.tilt, args.limit)
     for name, sets in report.items():
         for kind, r in sets.items():
             print(f"{name} {kind}: face in {r['with_face']}/{r['frames']}; plain accuracy {r['plain']['accuracy']:.4f} "
