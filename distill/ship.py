@@ -39,7 +39,7 @@ from distill.distillation import (WINDOW_S, Arrays, FitConfig, audio_windows, ev
 from distill.models.students import EMBEDDING_DIM, AudioStudent, FaceStudent, count_params, fold_batchnorm
 from edge.errors import AvemoError
 from edge.metrics import classification_report
-from edge.settings import AUDIO, FACE, LABELS
+from edge.settings import ALIGNMENT, AUDIO, FACE, LABELS
 
 _LOGGER = logging.getLogger(__name__)
 AUDIO_LABELS = list(LABELS)
@@ -385,7 +385,7 @@ def input_spec(modality: str) -> dict:
         return {"name": "waveform", "shape": [1, -1], "dtype": "float32", "frontend": AUDIO.to_dict(),
                 "window_s": WINDOW_S}
     return {"name": "face", "shape": [1, 1, FACE.size, FACE.size], "dtype": "float32", "face": FACE.to_dict(),
-            "mirror_average": True}
+            "mirror_average": True, "alignment": ALIGNMENT.to_dict()}
 
 
 def provenance(modality: str, result: dict, root: Path) -> dict:
