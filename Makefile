@@ -6,6 +6,7 @@ TARGET  ?= x86
 PROFILE ?= x86
 EPOCHS  ?=
 RUN     ?= runs/default
+DEVICE  ?= cpu
 
 .PHONY: setup demo test distill quantize bench arm-check clean
 
@@ -22,7 +23,7 @@ test: setup
 	$(PY) -m pytest -q
 
 distill: setup
-	$(PY) -m distill.pipeline --out $(RUN) $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m distill.pipeline --out $(RUN) $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) --device $(DEVICE)
 
 quantize: setup
 	$(PY) -m distill.quantize --target $(TARGET) --models edge/models --out out/$(TARGET)

@@ -5,9 +5,11 @@ In:  yunet_s_dynamic.onnx (../shared/models/face_detectors: YuNet "s", the weigh
      and its licence texts and SOURCE.txt from the same folder.
 Out: a bundle folder (docs/bundle-format.md, modality "detector"): model.onnx (float, opset 17,
      input pinned to [1, 3, H, W], the shape arithmetic folded away), model.npz (the numpy
-     interpreter's copy of model.onnx), with `--int8` also model.int8.onnx (static QDQ,
-     calibrated on frames from the demo clip and the CREMA-D fixture), LICENSE.txt,
-     SOURCE.txt and manifest.json (sha256 of every payload, source, licence).
+     interpreter's copy of model.onnx) and model.tflite (LiteRT, by distill/tflite.py, the
+     converter the students use), with `--int8` also model.int8.onnx (static QDQ, calibrated
+     on frames from the demo clip and the CREMA-D fixture; model.npz and model.tflite are then
+     made from it), LICENSE.txt, SOURCE.txt and manifest.json (sha256 of every payload,
+     source, licence).
 
 CLI: python -m distill.detector [--source DIR] [--out edge/models/face_detector] [--size 320x256] [--int8]
 """
@@ -24,7 +26,7 @@ from onnx import helper, numpy_helper, version_converter
 
 from distill.convert import onnx_to_npz
 from distill.export import quantize_int8
-from distill.tflite import _trace
+from distill.tflite import _trace, onnx_to_tflite
 from edge.bundle import FORMAT, load_bundle, write_manifest
 
 _LOGGER = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ def build(out: Path, source: Path = SOURCE_DIR, height: int = 256, width: int = 
         quantize_int8(out / "model.onnx", out / "model.int8.onnx", _calibration(height, width), "input")
         npz_source = out / "model.int8.onnx"
     onnx_to_npz(npz_source, out / "model.npz")
+    onnx_to_tflite(npz_source, out / "model.tflite")
     shutil.copyfile(source / LICENCE, out / "LICENSE.txt")
     shutil.copyfile(source / "SOURCE.txt", out / "SOURCE.txt")
     write_manifest(out, _manifest(height, width, int8))
@@ -97,8 +100,9 @@ def _manifest(height: int, width: int, int8: bool) -> dict:
                                "student_box": STUDENT_BOX,
                                "channels": "BGR", "range": [0, 255]}},
         "outputs": {name: name for name in OUTPUTS},
-        "quantization": {"scheme": "int8-qdq" if int8 else "float32", "npz_from": "model.int8.onnx" if int8
-                         else "model.onnx"},
+        "quantization": {"scheme": "int8-qdq" if int8 else "float32",
+                         "npz_from": "model.int8.onnx" if int8 else "model.onnx",
+                         "tflite_from": "model.int8.onnx" if int8 else "model.onnx"},
         "provenance": {
             "model": "YuNet s (libfacedetection.train onnx/yunet_s_dynamic.onnx; weights of OpenCV Zoo "
                      "face_detection_yunet_2023mar)",

@@ -1,19 +1,26 @@
-"""`make distill`: teacher -> students -> export -> quantize, in one command.
+"""`make distill`: cross-validation -> face teacher -> students -> export -> quantize, in one command.
 
     python -m distill.pipeline --out runs/default                       # built-in synthetic corpus
     python -m distill.pipeline --out runs/real --data ../shared/data    # the shared corpora
 
 With no --data, a procedural audio-visual corpus (distill/data/synthetic.py) is written
 under OUT/synthetic and used for every stage, so the chain runs on a fresh machine in a few
-minutes. With --data pointing at the shared corpora folder, the teacher's audio branch
-trains on RAVDESS speech and its visual branch on FER2013 (label-matched cross-corpus pairs
-feed the audio-visual HGR term), the audio recipe is cross-validated over actors
-(distill/crossval.py, scored through edge's eval: the figures the audio manifest carries), and
-the students train on the same corpora with the fixed splits of distill/ship.py (the audio
-student on all 20 actors). Every stage resumes when the command is run again. Outputs: OUT/teacher (checkpoint, logs), OUT/crossval (folds, summaries), OUT/students
-(<modality>.pt/.json), OUT/models/{audio,face} (bundles, the --target's quantization) and
-OUT/quantized-<target>/ (what `make quantize` writes). The shipped models in edge/models are
-never overwritten by this command: copy a bundle there on purpose.
+minutes. With --data pointing at the shared corpora folder (RAVDESS speech, EmoDB, FER2013
+with its FER+ votes):
+1. the audio recipe is cross-validated over actors (distill/crossval.py, scored through
+   edge's eval: the figures the audio manifest carries);
+2. the face teacher trains (ship.FACE_TEACHER_ARGS: the face net at width 1.5, FER+ votes,
+   Soft-HGR against the label embedding) -> OUT/face-teacher;
+3. the students train with the fixed splits of distill/ship.py: the audio student from labels
+   on all 20 actors (+ EmoDB), the face student distilled from the face teacher (KD +
+   regression onto its common-space embedding) -> OUT/students;
+4. export and quantization for --target -> OUT/models/{audio,face}, OUT/quantized-<target>/.
+The audio-visual teacher (`python -m distill.train teacher`, docs/teacher.md) is not a stage:
+on the real corpora its branches were weaker than the students (audio branch UAR 0.293 on
+unseen actors), so its soft targets pulled them down. Every stage resumes when the command is
+run again (finished stages are kept). `--device cuda` trains the face teacher and the
+students on a GPU. The shipped models in edge/models are never overwritten by this command:
+copy a bundle there on purpose.
 """
 from __future__ import annotations
 
@@ -21,35 +28,31 @@ import argparse
 import logging
 from pathlib import Path
 
-from distill import crossval, quantize, ship, train
+from distill import crossval, quantize, ship
 
 _LOGGER = logging.getLogger(__name__)
 
 
-def corpora(data: Path | None, out: Path) -> tuple[Path, list[str]]:
-    """(root for the students, --data folders for the teacher)."""
-    if data is None:
-        from distill.data.synthetic import make_synthetic_corpus
-        folder = out / "synthetic"
-        if not (folder / "labels.csv").is_file():
-            make_synthetic_corpus(folder)
-        return folder, [str(folder)]
-    teacher_data = [str(p) for p in (data / "ravdess_speech", data / "fer2013" / "train") if p.is_dir()]
-    return data, teacher_data or [str(data)]
+def corpus_root(data: Path | None, out: Path) -> Path:
+    """The corpora folder: --data, else the synthetic corpus written under OUT/synthetic."""
+    if data is not None:
+        return data
+    from distill.data.synthetic import make_synthetic_corpus
+    folder = out / "synthetic"
+    if not (folder / "labels.csv").is_file():
+        make_synthetic_corpus(folder)
+    return folder
 
 
-def run(out: Path, data: Path | None, epochs: int | None, target: str, threads: int) -> Path:
-    root, teacher_data = corpora(data, out)
-    teacher_out = out / "teacher"
-    teacher_args = ["teacher", "--out", str(teacher_out), "--threads", str(threads),
-                    "--cache", str(out / "cache")]
-    for folder in teacher_data:
-        teacher_args += ["--data", folder]
-    if len(teacher_data) > 1:
-        teacher_args.append("--pair-cross-corpus")
-    if epochs:
-        teacher_args += ["--epochs", str(epochs)]
-    train.main(teacher_args + (["--resume"] if (teacher_out / "last.pt").is_file() else []))
+def student_stage(out: Path, modality: str, argv: list[str]) -> Path:
+    """Train `modality` into `out` unless it finished there (a stopped run resumes from its .ckpt)."""
+    if not (out / f"{modality}.json").is_file():
+        ship.students_main(["--out", str(out), "--modality", modality, *argv])
+    return out / f"{modality}.pt"
+
+
+def run(out: Path, data: Path | None, epochs: int | None, target: str, threads: int, device: str = "cpu") -> Path:
+    root = corpus_root(data, out)
     epoch_args = ["--epochs", str(epochs)] if epochs else []
     corpus_args = ["--with-emodb"] if ship.AUDIO_WITH_EMODB and (root / "emodb_2s").is_dir() else []
     crossval_dir = None
@@ -57,11 +60,10 @@ def run(out: Path, data: Path | None, epochs: int | None, target: str, threads: 
         crossval_dir = out / "crossval"
         crossval.main(["--data", str(root), "--out", str(crossval_dir), "--score", "--target", target,
                        *corpus_args, *epoch_args])
-    student_args = ["--data", str(root), "--out", str(out / "students"), "--teacher",
-                    str(teacher_out / "teacher.pt"), "--threads", str(threads), *corpus_args]
-    for modality in ("audio", "face"):  # a finished student is kept, a stopped one resumes from its .ckpt
-        if not (out / "students" / f"{modality}.json").is_file():
-            ship.students_main(student_args + ["--modality", modality] + epoch_args)
+    base = ["--data", str(root), "--threads", str(threads), "--device", device]
+    face_teacher = student_stage(out / "face-teacher", "face", [*base, *ship.FACE_TEACHER_ARGS, *epoch_args])
+    student_stage(out / "students", "audio", [*base, "--no-kd", *corpus_args, *epoch_args])
+    student_stage(out / "students", "face", [*base, "--teacher", str(face_teacher), *epoch_args])
     ship.export_all(out / "students", root, out / "models", target, crossval_dir)
     quantize.main(["--target", target, "--models", str(out / "models"), "--out", str(out / f"quantized-{target}"),
                    "--data", str(root)])
@@ -75,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="epochs for every stage (default: each stage's own)")
     p.add_argument("--target", default="x86", help="firmware profile to quantize for")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the face teacher and students train")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    models = run(Path(args.out), args.data, args.epochs, args.target, args.threads)
+    models = run(Path(args.out), args.data, args.epochs, args.target, args.threads, args.device)
     _LOGGER.info("distill: bundles in %s (copy to edge/models to ship them)", models)
     return 0
 

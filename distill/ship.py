@@ -39,7 +39,7 @@ from distill.distillation import (WINDOW_S, Arrays, FitConfig, audio_windows, ev
 from distill.models.students import EMBEDDING_DIM, AudioStudent, FaceStudent, count_params, fold_batchnorm
 from edge.errors import AvemoError
 from edge.metrics import classification_report
-from edge.settings import AUDIO, FACE, LABELS
+from edge.settings import ALIGNMENT, AUDIO, FACE, LABELS
 
 _LOGGER = logging.getLogger(__name__)
 AUDIO_LABELS = list(LABELS)
@@ -56,6 +56,9 @@ AUDIO_WITH_EMODB = True
 leave-one-corpus-out, docs/students.md)."""
 AUDIO_CFG = FitConfig(epochs=60, batch=32, lr=3e-3, label_smoothing=0.1, partial_p=0.5)
 FACE_CFG = FitConfig(epochs=14, batch=128, lr=4e-3, weight_decay=1e-3, balance=0.5)
+FACE_TEACHER_ARGS = ("--width", "1.5", "--hgr", "0.1", "--soft", "0.5", "--no-kd", "--epochs", "40")
+"""The face teacher's recipe (`students --modality face` options; docs/students.md "Face
+teacher"): the student net at width 1.5, half FER+ votes, Soft-HGR against the label embedding."""
 
 
 def data_root(arg: str | None) -> Path:
@@ -389,7 +392,7 @@ def input_spec(modality: str, speaker_norm: bool = False) -> dict:
                 "window_s": WINDOW_S}
         return {**spec, "speaker_stats": STATS_INPUT} if speaker_norm else spec
     return {"name": "face", "shape": [1, 1, FACE.size, FACE.size], "dtype": "float32", "face": FACE.to_dict(),
-            "mirror_average": True}
+            "mirror_average": True, "alignment": ALIGNMENT.to_dict()}
 
 
 def provenance(modality: str, result: dict, root: Path) -> dict:

@@ -22,12 +22,15 @@ How:
   Convolutions work channels-last; TRANSPOSE (or a free RESHAPE when only unit dims move)
   is inserted only where an op needs another order; ONNX Transpose costs nothing.
 - Ops: Conv (1-D/2-D, regular/depthwise), Gemm, MaxPool, GlobalAveragePool, ReduceMean, ReduceMax,
-  Add, Relu, Clip (ReLU/ReLU6) in int8; Conv and MaxPool (the float stem), Relu/Clip,
-  Mul/Add/Sub/Div, MatMul, Log, Sqrt, ReduceMean, ReduceMax,
-  Slice, Concat, Reshape/Flatten/(Un)Squeeze/Transpose in float. Anything else raises
-  NotImplementedError naming the node.
+  Add, Relu, Clip (ReLU/ReLU6), Resize (nearest, integer upscale: the detector's feature
+  pyramid) in int8; Conv and MaxPool (the float stem), Relu/Clip, Mul/Add/Sub/Div, MatMul, Log,
+  Sqrt, Sigmoid (LOGISTIC, also between int8 tensors: dequantized around it), Resize,
+  ReduceMean, ReduceMax, Slice, Concat, Reshape/Flatten/(Un)Squeeze/Transpose in float.
+  A float model (no QDQ, the detector's model.onnx) converts to a float .tflite. Anything else
+  raises NotImplementedError naming the node.
 
 CLI: python -m distill.tflite model.int8.onnx model.tflite [--fixed-shape 1,32000]
+(the detector bundle's payload: python -m distill.detector, which calls onnx_to_tflite)
 """
 from __future__ import annotations
 
@@ -642,6 +645,33 @@ class _Converter:
     def _float_unary(self, node, builtin: str) -> None:
         t = self.float_(self.env[node.input[0]])
         self.op(builtin, [t.index], [self.value(node.output[0], t.perm, None).index])
+
+    def op_Sigmoid(self, node, attrs) -> None:
+        self._float_unary(node, "LOGISTIC")
+
+    def op_Resize(self, node, attrs) -> None:
+        """RESIZE_NEAREST_NEIGHBOR for an integer nearest-neighbour upscale of H and W (each pixel
+        repeated: what ONNX's asymmetric/floor, half_pixel/round_prefer_floor modes give then);
+        int8 when the output keeps the input's quantization, else float."""
+        modes = (attrs.get("coordinate_transformation_mode", b"half_pixel"), attrs.get("nearest_mode",
+                                                                                      b"round_prefer_floor"))
+        modes = tuple(m.decode() if isinstance(m, bytes) else m for m in modes)
+        mode = attrs.get("mode", b"nearest")
+        t = self.env[node.input[0]]
+        shape, out_shape = t.onnx_shape()[0], self.tr.shapes[node.output[0]]
+        exact = modes in {("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"),
+                          ("pytorch_half_pixel", "round_prefer_floor")}
+        if (mode.decode() if isinstance(mode, bytes) else mode) != "nearest" or not exact or len(shape) != 4 \
+                or tuple(out_shape[:2]) != tuple(shape[:2]) or any(o % i for o, i in zip(out_shape[2:], shape[2:])):
+            raise NotImplementedError(f"node {node.name}: only nearest Resize by integer factors of H and W "
+                                      f"({modes}, {shape} -> {out_shape})")
+        quant = t.quant if t.quant is not None and self.out_quant(node.output[0]) == t.quant else None
+        t = self.relayout(t if quant is not None else self.float_(t), _channels_last(4))
+        size = self.const(node.output[0] + "/size", np.array(out_shape[2:], np.int32), "int32")
+        out = self.value(node.output[0], _channels_last(4), quant)
+        self.op("RESIZE_NEAREST_NEIGHBOR", [t.index, size], [out.index],
+                self.options("ResizeNearestNeighborOptions", alignCorners=False, halfPixelCenters=False),
+                version=2 if quant else 1)
 
     def op_MatMul(self, node, attrs) -> None:
         names = node.input[:2]

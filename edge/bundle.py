@@ -12,7 +12,6 @@ is the one place payload hashes are computed.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,8 @@ class Bundle:
     window_s: float | None
     mirror_average: bool = False
     """Face only: average the answers for the crop and its mirror image (input.mirror_average)."""
+    level_eyes: bool = False
+    """Face only: turn the crop so the detector's eye landmarks are level (input.alignment.level_eyes)."""
     detector: dict | None = None
     """Detector only: input.detector (score_threshold, nms_iou)."""
     stats_input: str | None = None
@@ -76,9 +77,22 @@ class Bundle:
         return self.path / PAYLOADS[kind]
 
 
+def _sha256():
+    """A sha256 hasher from Python's own implementation where it has one: hashlib's loads
+    OpenSSL's libcrypto, 3.3 MB resident, for the few small files a bundle hashes at load."""
+    try:
+        from _sha2 import sha256  # Python >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256  # Python 3.11
+        except ImportError:
+            from hashlib import sha256
+    return sha256()
+
+
 def file_digest(path: Path) -> dict[str, Any]:
     """{"sha256": hex, "bytes": n} of one file."""
-    h = hashlib.sha256()
+    h = _sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -181,6 +195,9 @@ def _check_input(modality: str, spec: dict, bad) -> None:
             raise bad(f"a face bundle needs input.shape [1, 1, {face.size}, {face.size}], got {shape}")
         if not isinstance(spec.get("mirror_average", False), bool):
             raise bad(f"input.mirror_average must be true or false, got {spec['mirror_average']!r}")
+        alignment = spec.get("alignment", {"level_eyes": False})
+        if not isinstance(alignment, dict) or not isinstance(alignment.get("level_eyes"), bool):
+            raise bad(f"input.alignment must be an object with level_eyes true or false, got {alignment!r}")
     elif modality == "detector":
         _check_detector(spec, shape, bad)
     else:
@@ -240,6 +257,7 @@ def _build(folder: Path, m: dict) -> Bundle:
         face=FaceInput.from_dict(spec["face"]) if "face" in spec else None,
         window_s=float(spec["window_s"]) if "window_s" in spec else None,
         mirror_average=m["modality"] == "face" and spec.get("mirror_average", False),
+        level_eyes=m["modality"] == "face" and spec.get("alignment", {}).get("level_eyes", False),
         detector=dict(spec["detector"]) if m["modality"] == "detector" else None,
         stats_input=spec.get("speaker_stats") if m["modality"] == "audio" else None,
     )

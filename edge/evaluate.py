@@ -108,11 +108,11 @@ def score(truth: list[str], predictions: list[str | None], model_labels: tuple[s
 class FaceInputs:
     """Image file -> standardized face input, optionally through the face detector."""
 
-    def __init__(self, spec, detect: bool) -> None:
+    def __init__(self, spec, detect: bool, level_eyes: bool = False) -> None:
         from edge.face import FaceCropper, FaceStage, _cv2
         self.cv2 = _cv2()
         self.cropper = FaceCropper(spec)
-        self.stage = FaceStage(detect_every=1, spec=spec) if detect else None
+        self.stage = FaceStage(detect_every=1, spec=spec, level_eyes=level_eyes) if detect else None
 
     def __call__(self, path: Path) -> np.ndarray | None:
         gray = self.cv2.imread(str(path), self.cv2.IMREAD_GRAYSCALE)
@@ -128,7 +128,7 @@ class FaceScorer:
     """Image path -> the face model's probabilities (None when `detect` finds no face)."""
 
     def __init__(self, model, detect: bool) -> None:
-        self.model, self.inputs = model, FaceInputs(model.bundle.face, detect)
+        self.model, self.inputs = model, FaceInputs(model.bundle.face, detect, model.bundle.level_eyes)
 
     def __call__(self, path: Path) -> np.ndarray | None:
         x = self.inputs(path)

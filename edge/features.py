@@ -134,6 +134,9 @@ class GateParams:
 
 
 GATE = GateParams()
+GATE_BLOCK = 32
+"""Frames the gate analyses at a time: its FFT buffers hold this many frames, not the window's
+(~8 MB of float64 for a 3 s window's 149 frames, ~1.7 MB in blocks of 32)."""
 
 
 class VoiceGate:
@@ -172,17 +175,18 @@ class VoiceGate:
         self.max_lag = int(np.ceil(fe.sample_rate / p.pitch_hz[0]))
         n_fft = 1 << int(np.ceil(np.log2(self.frame + self.max_lag + 1)))  # linear, not circular
         f, lags = max(self.n_frames, 2), self.max_lag - self.min_lag + 1
+        b = min(f, GATE_BLOCK)  # the per-frame analysis buffers hold one block of frames
         self._cut = int(p.max_hz * n_fft / fe.sample_rate) + 1
         hann = hann_window(self.frame).astype(np.float64)
         window_acf = np.fft.irfft(np.abs(np.fft.rfft(hann, n_fft)) ** 2, n_fft)
-        self._hann = np.tile(hann, (f, 1))
-        self._window_acf = np.tile(window_acf[self.min_lag:self.max_lag + 1] / window_acf[0], (f, 1))
-        self._x = np.zeros((f, n_fft))  # float64: numpy's FFT copies float32 input to complex128
-        self._spec = np.empty((f, n_fft // 2 + 1), np.complex128)
+        self._hann = np.tile(hann, (b, 1))
+        self._window_acf = np.tile(window_acf[self.min_lag:self.max_lag + 1] / window_acf[0], (b, 1))
+        self._x = np.zeros((b, n_fft))  # float64: numpy's FFT copies float32 input to complex128
+        self._spec = np.empty((b, n_fft // 2 + 1), np.complex128)
         self._conj = np.empty_like(self._spec)
-        self._acf = np.empty((f, n_fft))
-        self._frames, self._means = np.empty((f, self.frame)), np.empty((f, self.frame))
-        self._in_range = np.empty((f, lags))
+        self._acf = np.empty((b, n_fft))
+        self._frames, self._means = np.empty((b, self.frame)), np.empty((b, self.frame))
+        self._in_range = np.empty((b, lags))
         self._mean, self._energy, self._peak = np.empty(f), np.empty(f), np.empty(f)
         self._level, self._db = np.empty(f), np.empty(f)
         self._lag, self._dlag = np.empty(f, np.intp), np.empty(f - 1, np.intp)
@@ -204,39 +208,45 @@ class VoiceGate:
         return self.pairs >= self.params.min_voiced_pairs and \
             self._modulation_db() >= self.params.min_modulation_db
 
-    def _load_frames(self, window: np.ndarray) -> None:
-        """Frames of the window's end into `_frames`, their levels, mean removed, Hann-windowed."""
+    def _load_frames(self, window: np.ndarray, first: int, k: int) -> None:
+        """Frames first..first+k-1 of the window's end into `_frames[:k]`, their levels, mean
+        removed, Hann-windowed."""
         end, step = self.n_hops * self.hop, self.params.step_hops * self.hop
         start = end - (self.n_frames - 1) * step - self.frame
-        x = self._frames  # contiguous: ufuncs on a strided view would buffer (allocate)
+        x, means, mean = self._frames[:k], self._means[:k], self._mean[first:first + k]
         steps = window[start:end].reshape(-1, step)  # a frame is frame_hops / step_hops steps
-        for j in range(self.frame // step):
-            np.copyto(x[:, j * step:(j + 1) * step], steps[j:j + self.n_frames])
-        np.multiply(x, x, out=self._means)
-        np.mean(self._means, axis=1, out=self._level)
-        np.greater(self._level, self.threshold, out=self._loud)
-        np.mean(x, axis=1, out=self._mean)
-        np.copyto(self._means, self._mean[:, None])  # ufuncs buffer (allocate) to broadcast
-        np.subtract(x, self._means, out=x)
-        np.multiply(x, self._hann, out=x)
+        for j in range(self.frame // step):  # x contiguous: ufuncs on a strided view would buffer (allocate)
+            np.copyto(x[:, j * step:(j + 1) * step], steps[first + j:first + j + k])
+        np.multiply(x, x, out=means)
+        np.mean(means, axis=1, out=self._level[first:first + k])
+        np.greater(self._level[first:first + k], self.threshold, out=self._loud[first:first + k])
+        np.mean(x, axis=1, out=mean)
+        np.copyto(means, mean[:, None])  # ufuncs buffer (allocate) to broadcast
+        np.subtract(x, means, out=x)
+        np.multiply(x, self._hann[:k], out=x)
 
     def _periodicity(self, window: np.ndarray) -> None:
         """Peak normalized autocorrelation of each frame below `max_hz` in the pitch-lag range
-        (`_peak`), and its lag index (`_lag`, 0 = `min_lag`)."""
-        self._load_frames(window)
-        np.copyto(self._x[:, : self.frame], self._frames)
-        np.fft.rfft(self._x, axis=1, out=self._spec)
-        np.conjugate(self._spec, out=self._conj)
-        np.multiply(self._spec, self._conj, out=self._spec)  # power spectrum (imaginary part 0)
-        self._spec[:, self._cut:] = 0.0
-        np.fft.irfft(self._spec, n=self._x.shape[1], axis=1, out=self._acf)
-        in_range = self._in_range
-        np.copyto(in_range, self._acf[:, self.min_lag:self.max_lag + 1])
-        np.divide(in_range, self._window_acf, out=in_range)
-        np.argmax(in_range, axis=1, out=self._lag)
-        np.max(in_range, axis=1, out=self._peak)
-        np.add(self._acf[:, 0], 1e-20, out=self._energy)
-        np.divide(self._peak, self._energy, out=self._peak)
+        (`_peak`), and its lag index (`_lag`, 0 = `min_lag`), GATE_BLOCK frames at a time."""
+        for first in range(0, self.n_frames, self._x.shape[0]):
+            k = min(self._x.shape[0], self.n_frames - first)
+            self._load_frames(window, first, k)
+            self._block_periodicity(first, k)
+
+    def _block_periodicity(self, first: int, k: int) -> None:
+        x, spec, acf, in_range = self._x[:k], self._spec[:k], self._acf[:k], self._in_range[:k]
+        np.copyto(x[:, : self.frame], self._frames[:k])
+        np.fft.rfft(x, axis=1, out=spec)
+        np.conjugate(spec, out=self._conj[:k])
+        np.multiply(spec, self._conj[:k], out=spec)  # power spectrum (imaginary part 0)
+        spec[:, self._cut:] = 0.0
+        np.fft.irfft(spec, n=x.shape[1], axis=1, out=acf)
+        np.copyto(in_range, acf[:, self.min_lag:self.max_lag + 1])
+        np.divide(in_range, self._window_acf[:k], out=in_range)
+        np.argmax(in_range, axis=1, out=self._lag[first:first + k])
+        np.max(in_range, axis=1, out=self._peak[first:first + k])
+        np.add(acf[:, 0], 1e-20, out=self._energy[first:first + k])
+        np.divide(self._peak[first:first + k], self._energy[first:first + k], out=self._peak[first:first + k])
 
     def _voiced_pairs(self) -> int:
         """Adjacent frames both voiced (loud, periodic at an inner lag) with a continuous pitch."""

@@ -180,7 +180,9 @@ class Pipeline:
         if self.face:
             if isinstance(detector, str):
                 detector = make_detector(detector, backend, self.profile.device.threads, self.profile.runtime.backends)
-            self.face_stage = FaceStage(detector, detect_every=v.detect_every)
+            bundle = self.face.bundle  # the crop the student was trained on: its manifest's, not a global
+            self.face_stage = FaceStage(detector, detect_every=v.detect_every, spec=bundle.face,
+                                        level_eyes=bundle.level_eyes)
         self.max_frame_age_s = max(1.0, 2.0 * self.hop_s)
 
     def use_frame_shape(self, shape: tuple[int, int, int]) -> None:

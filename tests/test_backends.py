@@ -200,7 +200,7 @@ def test_float_numpy_matches_onnxruntime(model_case):
 def test_integer_path_is_planned(model_case):
     """Every quantized Conv/Gemm/MatMul runs as an integer step (not dequantize-then-float)."""
     name, _, _, paths = model_case
-    steps = [s for _, s in NumpyInterpreter(paths["npz"])._steps]
+    steps = [s.step for s in NumpyInterpreter(paths["npz"])._steps]
     convs = [s for s in steps if isinstance(s, numpy_ops.ConvStep)]
     dense = [s for s in steps if isinstance(s, numpy_ops.DenseStep)]
     assert all(c.zero is not None for c in convs)
@@ -212,7 +212,7 @@ def test_requantization_is_fused(model_case):
     """A QuantizeLinear that alone reads an integer Conv/Gemm output runs in that step's epilogue,
     and quantized activations stay as q - zero (float32) wherever only DequantizeLinears read them."""
     _, _, _, paths = model_case
-    steps = [s for _, s in NumpyInterpreter(paths["npz"])._steps]
+    steps = [s.step for s in NumpyInterpreter(paths["npz"])._steps]
     integer = [s for s in steps if isinstance(s, (numpy_ops.ConvStep, numpy_ops.DenseStep)) and s.zero is not None]
     quantizers = [s for s in steps if isinstance(s, numpy_ops.QuantizeStep)]
     assert integer and all(s.epilogue.clip is not None for s in integer)
@@ -355,3 +355,25 @@ def test_audio_bundle_runs_on_both_backends(tmp_path_factory):
 
 def test_numpy_backend_is_always_available():
     assert numpy_int8.available() and "numpy" in backends.installed_backends()
+
+
+def test_graphs_share_one_arena_and_answer_as_alone():
+    """The shipped detector and students lay their buffers out in one shared block, at least
+    as large as each arena and smaller than all their buffers; interleaved runs, the audio
+    input changing length between them, answer exactly what each first (recorded) run did."""
+    rng = np.random.default_rng(4)
+    sessions, feeds = {}, []
+    for name in ("face_detector", "face", "audio"):
+        bundle = load_bundle(name)
+        sessions[name] = backends.open_session(bundle, "numpy")
+        shapes = [(1, n) for n in (16000, 48000)] if name == "audio" else [bundle.input_shape]
+        feeds += [(name, {bundle.input_name: rng.standard_normal(s).astype(np.float32)}) for s in shapes]
+    first = [sessions[name].run(dict(f)) for name, f in feeds]  # each a recording run (new input shape)
+    for _ in range(2):
+        for (name, f), want in zip(feeds, first):
+            got = sessions[name].run(dict(f))
+            for role in want:
+                np.testing.assert_array_equal(got[role], want[role], err_msg=f"{name} {role}")
+    arenas = [s.interpreter._arena for s in sessions.values()]
+    assert all(a.shared is numpy_ops.BLOCK and 0 < a.size <= numpy_ops.BLOCK.array.nbytes for a in arenas)
+    assert all(a.size < sum(x.nbytes for o in a.owners for x in o.views.values()) for a in arenas)

@@ -125,6 +125,8 @@ def test_labels_not_unique(copy):
     ({"outputs": {"embedding": "embedding"}}, "outputs must map 'logits'"),
     ({"input": {"name": "face", "shape": [1, 1, 48, 48], "face": {"size": 48}, "mirror_average": "yes"}},
      "input.mirror_average must be true or false"),
+    ({"input": {"name": "face", "shape": [1, 1, 48, 48], "face": {"size": 48}, "alignment": "eyes"}},
+     "input.alignment must be an object with level_eyes true or false"),
 ])
 def test_inconsistent_fields(copy, fields, problem):
     _edit_manifest(copy, **fields)

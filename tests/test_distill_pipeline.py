@@ -19,7 +19,10 @@ def test_synthetic_chain_end_to_end(tmp_path):
     p = subprocess.run([sys.executable, "-m", "distill.pipeline", "--out", str(out), "--epochs", "1",
                         "--threads", "1"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert (out / "teacher" / "teacher.pt").is_file()
+    teacher = out / "face-teacher" / "face.pt"
+    assert json.loads((out / "face-teacher" / "face.json").read_text())["arch"] == {"width": 1.5, "hgr": True}
+    assert json.loads((out / "students" / "face.json").read_text())["teacher"] == str(teacher)
+    assert json.loads((out / "students" / "audio.json").read_text())["teacher"] is None
     for modality in ("audio", "face"):
         bundle = load_bundle(out / "models" / modality)
         assert bundle.modality == modality

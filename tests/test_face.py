@@ -103,3 +103,66 @@ def test_numpy_crop_matches_cv2(portrait, side):
     gray = cv2.cvtColor(portrait, cv2.COLOR_BGR2GRAY)[y:y + h, x:x + w]
     ref = FaceCropper().standardize(cv2.resize(gray, (48, 48), interpolation=cv2.INTER_AREA))
     assert np.abs(ours - ref).max() < 0.05
+
+
+@pytest.mark.parametrize("degrees", [14.0, -25.0])
+def test_levelled_crop_matches_cv2_rotation(portrait, degrees):
+    """level_eyes turns the crop about its centre by the eye line's angle: as cv2.cvtColor,
+    cv2.warpAffine (INTER_LINEAR, BORDER_REPLICATE) about that centre, crop, INTER_AREA resize
+    (within one gray level per pixel); eyes already level give the plain crop exactly."""
+    box = (170, 60, 119, 119)
+    t = np.radians(degrees)
+    eyes = np.array([[200, 100], [200 + 50 * np.cos(t), 100 + 50 * np.sin(t)], [0, 0], [0, 0], [0, 0]], np.float32)
+    cropper = FaceCropper(level_eyes=True)
+    cropper.crop(portrait, box, eyes)
+    x, y, w, h = square_crop_box(box, portrait.shape, 0.1)
+    gray = cv2.cvtColor(portrait, cv2.COLOR_BGR2GRAY)
+    turn = cv2.getRotationMatrix2D((x + w / 2 - 0.5, y + h / 2 - 0.5), degrees, 1.0)
+    turned = cv2.warpAffine(gray, turn, gray.shape[::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    ref = cv2.resize(turned[y:y + h, x:x + w], (48, 48), interpolation=cv2.INTER_AREA)
+    assert np.abs(cropper.small - ref).max() <= 1.0
+    plain = FaceCropper()
+    plain.crop(portrait, box)
+    level = eyes.copy()
+    level[1, 1] = level[0, 1]
+    cropper.crop(portrait, box, level)
+    np.testing.assert_array_equal(cropper.small, plain.small)
+
+
+@pytest.mark.parametrize("eyes", ["eyes", "None"])
+def test_crop_allocates_no_frame_sized_buffer_per_call(eyes):
+    """Neither crop holds a per-call float buffer of its 108 px square (46 KB; the plain crop's
+    uint8 x float gray conversion buffered 131 KB, the levelled one's gathers 36 KB); what is
+    left is the standardization's std() and its 48x48 float32 temporary (~12 KB)."""
+    from alloc import allocated_by
+    peak, held = allocated_by(
+        "from edge.face import FaceCropper",
+        "frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8); "
+        "eyes = np.array([[120, 100], [170, 112], [0, 0], [0, 0], [0, 0]], np.float32); "
+        "c = FaceCropper(level_eyes=True)",
+        f"c.crop(frame, (100, 60, 90, 90), {eyes})", steps=200)
+    assert peak < 16 * 1024 and held < 2048, (peak, held)
+
+
+def test_face_alignment_tool_compares_plain_and_levelled_crops(tmp_path):
+    """tools/face_alignment.py (the figures in docs/students.md) on the first FER2013 validation
+    faces and CREMA-D frames: both crops scored on the same faces, discordant pairs counted."""
+    import json
+    import subprocess
+    import sys
+    pytest.importorskip("onnxruntime")
+    root = Path(__file__).resolve().parents[1]
+    data = root.parent / "shared" / "data"
+    if not (data / "fer2013" / "train").is_dir():
+        pytest.skip("../shared/data/fer2013 not present")
+    out = tmp_path / "align.json"
+    proc = subprocess.run([sys.executable, str(root / "tools" / "face_alignment.py"), "--data", str(data),
+                           "--limit", "12", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for sets in report.values():
+        for r in sets.values():
+            assert r["frames"] == 12 and 0 < r["with_face"] <= 12
+            for crop in ("plain", "level_eyes"):
+                assert 0 <= r[crop]["accuracy"] <= 1
+            assert r["only_plain_right"] + r["only_level_eyes_right"] <= r["with_face"]

@@ -141,3 +141,29 @@ def test_mirror_average_answers_the_mean_of_the_crop_and_its_mirror(tmp_path):
     assert not np.allclose(p, q)
     np.testing.assert_allclose(mirrored(x), (p + q) / 2, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(mirrored.embedding, (e + f) / 2, rtol=1e-6, atol=1e-6)
+
+
+def _face_bundle_copy(folder, src, margin: float, level_eyes: bool):
+    import json
+    import shutil
+    from edge.bundle import write_manifest
+    shutil.copytree(load_bundle(src).path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["input"]["face"]["margin"] = margin
+    manifest["input"]["alignment"] = {"level_eyes": level_eyes}
+    write_manifest(folder, {k: v for k, v in manifest.items() if k != "files"})
+    return str(folder)
+
+
+def test_face_stage_takes_crop_and_alignment_from_the_face_bundle(tmp_path, bundles, frame):
+    """The live face stage crops as the face bundle's manifest says (input.face, input.alignment),
+    not as edge.settings.FACE / ALIGNMENT: bundles with other margins and alignments get theirs."""
+    turned = _face_bundle_copy(tmp_path / "turned", bundles["face"], 0.2, True)
+    plain = _face_bundle_copy(tmp_path / "plain", bundles["face"], 0.1, False)
+    stages = [Pipeline(load_profile("x86"), None, b, backend="numpy").face_stage for b in (turned, plain)]
+    assert stages[0].cropper.spec.margin == 0.2 and stages[0].cropper.level_eyes
+    assert stages[1].cropper.spec == load_bundle(plain).face and not stages[1].cropper.level_eyes
+    for s in stages:
+        s.detect_every = 1
+        assert s.process(frame) is not None
+    assert not np.allclose(stages[0].input, stages[1].input)

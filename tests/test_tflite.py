@@ -144,6 +144,52 @@ def test_unsupported_op_names_the_node(tmp_path):
         onnx_to_tflite(path, tmp_path / "exp.tflite")
 
 
+def _upsample_graph(tmp_path, quantized: bool):
+    """x [1, 3, 5, 4] -> (QDQ) -> Resize nearest x2 (asymmetric, floor) -> (QDQ) -> Sigmoid -> y:
+    the detector's feature-pyramid upsample and score activation, float or between int8 tensors."""
+    init = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+            numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+            numpy_helper.from_array(np.array(120, np.uint8), "z")]
+    nodes, src = [], "x"
+    if quantized:
+        nodes += [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+                  helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"])]
+        src = "xd"
+    nodes.append(helper.make_node("Resize", [src, "", "scales"], ["up"], mode="nearest",
+                                  coordinate_transformation_mode="asymmetric", nearest_mode="floor", name="up"))
+    if quantized:
+        nodes += [helper.make_node("QuantizeLinear", ["up", "s", "z"], ["uq"]),
+                  helper.make_node("DequantizeLinear", ["uq", "s", "z"], ["ud"])]
+    nodes.append(helper.make_node("Sigmoid", ["ud" if quantized else "up"], ["y"], name="score"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 5, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 10, 8])], init)
+    path = tmp_path / f"up{int(quantized)}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_resize_nearest_and_sigmoid(tmp_path, quantized):
+    path = _upsample_graph(tmp_path, quantized)
+    tfl = onnx_to_tflite(path, tmp_path / "up.tflite")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    it = _interpreter(tfl)
+    ops = {it._get_op_details(i)["op_name"] for i in range(len(it._get_ops_details()))}
+    assert {"RESIZE_NEAREST_NEIGHBOR", "LOGISTIC"} <= ops
+    for x in _seeded((1, 3, 5, 4), 4, 3.0):
+        np.testing.assert_allclose(_run_litert(it, x)["y"], sess.run(None, {"x": x})[0], atol=1e-5)
+
+
+def test_resize_by_a_fraction_names_the_node(tmp_path):
+    path = _upsample_graph(tmp_path, False)
+    model = onnx.load(str(path))
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array([1, 1, 1.5, 2], np.float32), "scales"))
+    model.graph.output[0].type.tensor_type.shape.dim[2].dim_value = 7
+    onnx.save(model, str(path))
+    with pytest.raises(NotImplementedError, match="up.*integer factors"):
+        onnx_to_tflite(path, tmp_path / "up.tflite")
+
+
 @pytest.mark.skipif(not (shipped("face") and shipped("audio")), reason="shipped bundles not present")
 @pytest.mark.parametrize("name", ["face", "audio"])
 def test_shipped_bundle_on_real_media(name, tmp_path):

@@ -116,11 +116,12 @@ def _sessions(args: argparse.Namespace) -> None:
         session.run({bundle.input_name: np.zeros(shape or bundle.input_shape, np.float32)})
 
 
-def _detector(name: str) -> None:
+def _detector(name: str, profile: str) -> None:
+    """One demo frame through the face stage, the detector on the profile's backend order."""
     from edge.face import FaceStage, make_detector
     media = DemoMedia()
     media.frame_at(0.0)
-    FaceStage(make_detector(name)).process(media.frame)
+    FaceStage(make_detector(name, order=bench_profile(profile).runtime.backends)).process(media.frame)
 
 
 def _decoder_mb(kb: int | None) -> float | None:
@@ -195,7 +196,7 @@ def run_scenario(args: argparse.Namespace) -> dict:
     elif args.scenario == "import":
         import edge.stream  # noqa: F401 - the runtime: stream, pipeline, backends, rings, fusion
     elif args.scenario in ("detector", "haar"):
-        _detector("cnn" if args.scenario == "detector" else "haar")
+        _detector("cnn" if args.scenario == "detector" else "haar", args.profile)
     elif args.scenario == "backend":
         _sessions(args)
     elif args.scenario == "pipeline":

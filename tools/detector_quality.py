@@ -11,7 +11,9 @@ No-face set: scikit-image's data pictures that show no person (pip install sciki
 Reported per detector and set: frames, frames with a face found (rate), frames with more than
 one box; on the no-face pictures, pictures with any box (false positives).
 
-Usage: python tools/detector_quality.py [--detectors yunet,yunet-numpy,haar] [--json out.json]
+Usage: python tools/detector_quality.py [--detectors yunet,yunet-numpy,yunet-litert,haar]
+                                       [--bundle DIR] [--json out.json]
+(`--bundle`: another detector bundle, e.g. an int8 build from `python -m distill.detector --int8`.)
 Needs opencv-python-headless (reading the clips, rotating, Haar).
 """
 from __future__ import annotations
@@ -38,10 +40,11 @@ NO_FACE = ("brick", "cell", "chelsea", "chessboard_GRAY", "chessboard_RGB", "clo
            "motorcycle_left", "motorcycle_right", "page", "phantom", "retina", "rocket", "text")
 """scikit-image data pictures without a person (astronaut, camera and lfw_subset show people)."""
 SMALL_SCALE = 0.4
-DETECTORS: dict[str, Callable[[], object]] = {
-    "yunet": lambda: CnnDetector(backend="onnxruntime"),
-    "yunet-numpy": lambda: CnnDetector(backend="numpy"),
-    "haar": HaarDetector,
+DETECTORS: dict[str, Callable[[str], object]] = {
+    "yunet": lambda bundle: CnnDetector(bundle, backend="onnxruntime"),
+    "yunet-numpy": lambda bundle: CnnDetector(bundle, backend="numpy"),
+    "yunet-litert": lambda bundle: CnnDetector(bundle, backend="litert", order=("litert",)),
+    "haar": lambda bundle: HaarDetector(),
 }
 
 
@@ -110,6 +113,7 @@ def evaluate(detector, sets: dict[str, list[np.ndarray]], negatives: list[np.nda
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detectors", default="yunet,haar", help=f"comma-separated, of {', '.join(DETECTORS)}")
+    parser.add_argument("--bundle", default="face_detector", help="detector bundle (name or folder)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     names = args.detectors.split(",")
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown detector {unknown[0]!r}: use {', '.join(DETECTORS)}")
     sets, negatives = face_sets(), no_face_pictures()
-    report = {name: evaluate(DETECTORS[name](), sets, negatives) for name in names}
+    report = {name: evaluate(DETECTORS[name](args.bundle), sets, negatives) for name in names}
     for name, r in report.items():
         parts = [f"{s} {v['found']}/{v['frames']}" for s, v in r.items() if s != "no_face"]
         print(f"{name}: " + ", ".join(parts) + f"; no face: {r['no_face']['false_positives']}"

@@ -23,11 +23,13 @@ per kernel offset over strided views.
 Float depthwise convolutions are tap sums over strided views (no im2col) and a Relu that
 alone reads a float Conv runs in its epilogue.
 
-Every step keeps its activation buffers: after the first run with a given input shape,
-runs reuse them (out= everywhere numpy allows, conv as im2col into a kept buffer + matmul
-out=), so memory stays flat over any number of runs. Buffers are per step, except the
-padded input and tap product of depthwise steps, which live only while the step runs and
-are shared (one per shape).
+Memory is planned as TFLite plans its arena: the first run with given input shapes records
+every buffer the steps take (activations, padded inputs, im2col columns; out= everywhere numpy
+allows) with the steps it lives through (from the step that writes it to its last reader), and
+drops each activation after its last reader; then one block is laid out in which buffers alive
+at the same time never share bytes (numpy_ops.Arena). Later runs with those shapes reuse the
+block and allocate nothing, so memory stays flat over any number of runs, and a graph holds
+about its largest set of simultaneously live activations, not every activation at once.
 A session sets numpy's OpenBLAS pool to `threads` for each run and restores it after.
 """
 from __future__ import annotations
@@ -178,14 +180,39 @@ def _fusable(step: Step) -> bool:
     return isinstance(step, ConvStep) or (isinstance(step, DenseStep) and not step.bias)
 
 
-def _prune(plan: list[_Entry], outputs: list[str]) -> list[tuple[Node, Step]]:
+def _prune(plan: list[_Entry], outputs: list[str]) -> list[_Entry]:
     """Drop steps whose outputs no later step or graph output reads."""
     needed, kept = set(outputs), []
     for e in reversed(plan):
         if needed & set(e.writes):
             needed |= e.reads
-            kept.append((e.node, e.step))
+            kept.append(e)
     return kept[::-1]
+
+
+@dataclass
+class _Planned:
+    """A step as the interpreter runs it, with what its liveness needs."""
+
+    node: Node
+    step: Step
+    writes: list[tuple[str, int]]  # (output, index of the last step reading it; len(steps) for graph outputs)
+    frees: list[str]  # tensors no step after this one reads (dropped while recording)
+
+
+def _liveness(plan: list[_Entry], outputs: list[str], keep: set[str]) -> list[_Planned]:
+    """Each step with its outputs' last readers and the tensors that die after it (not `keep`)."""
+    n = len(plan)
+    last = {name: i for i, e in enumerate(plan) for name in e.reads}
+    last.update({name: n for name in outputs})
+    for i, e in enumerate(plan):
+        for name in e.writes:
+            last.setdefault(name, i)  # written and never read: dies at once
+    frees: list[list[str]] = [[] for _ in plan]
+    for name, i in last.items():
+        if i < n and name not in keep:
+            frees[i].append(name)
+    return [_Planned(e.node, e.step, [(w, last[w]) for w in e.writes], frees[i]) for i, e in enumerate(plan)]
 
 
 class NumpyInterpreter:
@@ -202,7 +229,9 @@ class NumpyInterpreter:
         lost = [o for o in self.output_names if o not in produced]
         if lost:
             raise BundleError(f"{self.path}: graph output {lost[0]!r} is never produced: re-export the model")
-        self._steps = _prune(plan, self.output_names)
+        self._steps = _liveness(_prune(plan, self.output_names), self.output_names,
+                                set(ctx.consts) | set(self.inputs) | {""})
+        self._arena = ctx.arena
         self._env: Env = dict(ctx.consts)
 
     def _feed(self, feeds: dict[str, np.ndarray]) -> None:
@@ -216,16 +245,41 @@ class NumpyInterpreter:
             self._env[name] = x
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._arena.shared.lock:
+            return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._feed(feeds)
-        node = None
+        recording = self._arena.prepare(tuple(self._env[name].shape for name in self.inputs))
+        s = None
         try:
-            for node, step in self._steps:
-                step(self._env)
+            for i, s in enumerate(self._steps):
+                s.step(self._env)
+                if recording:
+                    self._recorded(i, s)
         except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError, OverflowError, MemoryError) as e:
+            self._arena.stale = True
             shapes = {k: list(np.shape(v)) for k, v in feeds.items()}
-            raise BundleError(f"{self.path}: {node.label()} failed on input shapes {shapes} "
+            raise BundleError(f"{self.path}: {s.node.label()} failed on input shapes {shapes} "
                               f"({type(e).__name__}: {e}): check the input against the bundle's spec") from None
-        return {name: np.array(self._env[name], dtype=np.float32) for name in self.output_names}
+        out = {name: np.array(self._env[name], dtype=np.float32) for name in self.output_names}
+        if recording:
+            self._end_recording()
+        return out
+
+    def _recorded(self, i: int, s: _Planned) -> None:
+        """While recording: extend the lives of the buffers step i wrote, drop what nothing reads again."""
+        written = [(self._env[w], last) for w, last in s.writes if isinstance(self._env.get(w), np.ndarray)]
+        self._arena.step_done(i, written)
+        for name in s.frees:
+            self._env.pop(name, None)
+
+    def _end_recording(self) -> None:
+        """Drop the recorded run's activations, then lay out the arena they fit in."""
+        for s in self._steps:
+            for w, _ in s.writes:
+                self._env.pop(w, None)
+        self._arena.plan()
 
 
 class _BlasThreads:
