@@ -216,6 +216,35 @@ def test_pipeline_feeds_statistics_and_reset_speaker_is_public(speaker_bundle):
         assert adaptation.speaker.frames == 0
 
 
+def test_adapting_pipeline_keeps_no_numpy_memory_per_hop(speaker_bundle):
+    import tracemalloc
+    from edge.pipeline import Pipeline
+    from edge.profiles import load_profile
+    from edge.ring import AudioRing
+    pipe = Pipeline(load_profile("x86"), str(speaker_bundle), None, "numpy")
+    wave = read_audio(DEMO_WAV)
+    ring, half = AudioRing(4 * AUDIO.sample_rate), AUDIO.sample_rate // 2
+    blocks = wave[: len(wave) // half * half].reshape(-1, half)
+
+    def hops(start: int, n: int) -> int:
+        voiced = 0
+        for i in range(start, start + n):
+            ring.write(blocks[i % len(blocks)])
+            voiced += pipe.step(0.5 * (i + 1), ring, None).audio["voiced"]
+        return voiced
+
+    assert hops(0, 12) > 0 and pipe.adaptation.speaker.frames > 0
+    only_numpy = tracemalloc.DomainFilter(inclusive=True, domain=np.lib.tracemalloc_domain)
+    tracemalloc.start()
+    hops(12, 4)
+    before = tracemalloc.take_snapshot().filter_traces([only_numpy])
+    assert hops(16, 60) > 0
+    after = tracemalloc.take_snapshot().filter_traces([only_numpy])
+    tracemalloc.stop()
+    kept = sum(s.size for s in after.statistics("filename")) - sum(s.size for s in before.statistics("filename"))
+    assert kept <= 0, f"{kept} bytes of numpy arrays kept after 60 hops"
+
+
 def need_emodb() -> None:
     if not (EMODB / "labels.csv").is_file():
         pytest.skip(f"{EMODB} is absent (../shared/data)")
