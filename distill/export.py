@@ -21,7 +21,7 @@ import torch
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from distill.convert import onnx_to_npz
+from distill.to_npz import onnx_to_npz
 from edge.backends.numpy_int8 import NumpyInterpreter
 from edge.backends.onnxruntime import OrtSession
 from edge.bundle import PAYLOADS, load_bundle, write_manifest

@@ -361,8 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m distill.train {teacher|students|ablation} ...", file=sys.stderr)
         return 2
     if argv[0] == "students":
-        from distill import distillation
-        return distillation.main(argv[1:]) or 0
+        from distill.students import students_main
+        return students_main(argv[1:])
     try:
         (train_teacher if argv[0] == "teacher" else ablation)(argv[1:])
     except AvemoError as err:
