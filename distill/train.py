@@ -1,5 +1,8 @@
 """`python -m distill.train teacher|students`: training stages, stage 1 being the teacher.
 
+`students` is distill/students.py's `students_main` (the student recipes); the rest of this
+module is the audio-visual teacher (`teacher`, `ablation`), described below.
+
 In:  one or more corpora (`--data`, any layout `distill.data.load_corpus` reads), split by
      speaker (`--folds K --fold F`: fold F tests, fold F+1 validates; or `--split FILE`).
 Out: `--out` folder: teacher.pt (best validation UAR), last.pt (resume point), log.csv,
