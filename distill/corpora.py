@@ -35,7 +35,6 @@ from distill.distillation import Arrays, audio_windows, crop_samples, standardiz
 from edge.metrics import classification_report
 from edge.settings import AUDIO, LABELS
 
-
 AUDIO_LABELS = list(LABELS)
 FACE_LABELS = ["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise"]
 EMODB_LABELS = ["neutral", "happy", "sad", "angry", "fear", "disgust"]

@@ -38,8 +38,6 @@ from edge.metrics import classification_report
 from edge.settings import ALIGNMENT, AUDIO, FACE
 
 _LOGGER = logging.getLogger(__name__)
-
-
 STATS_INPUT = "speaker_stats"
 """The second input of a speaker-normalized audio student: statistics [1, 2, n_mels] (edge/speaker.py)."""
 

@@ -27,8 +27,6 @@ from distill.models.students import AudioStudent, FaceStudent, count_params
 from edge.errors import AvemoError
 
 _LOGGER = logging.getLogger(__name__)
-
-
 AUDIO_WITH_EMODB = True
 """The shipped audio recipe trains on EmoDB as a second corpus (chosen by cross-validation and
 leave-one-corpus-out, docs/students.md)."""
