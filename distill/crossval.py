@@ -44,8 +44,11 @@ import torch
 
 from distill.distillation import Arrays, FitConfig, fit, predict
 from distill.models.students import count_params
-from distill.ship import (AUDIO_CFG, AUDIO_LABELS, EMODB_LABELS, audio_arrays, concat, data_root, emodb_from_probs,
-                          build, load_student, model_arch, payload_report, report_from_probs, student_bundle, teacher_targets)
+from distill.corpora import (AUDIO_LABELS, EMODB_LABELS, audio_arrays, concat, data_root, emodb_from_probs,
+                             report_from_probs)
+from distill.measure import payload_report
+from distill.ship import student_bundle
+from distill.students import AUDIO_CFG, build, load_student, model_arch, teacher_targets
 
 _LOGGER = logging.getLogger(__name__)
 ACTORS = [f"Actor_{i:02d}" for i in range(1, 21)]
@@ -100,7 +103,7 @@ def score(model: torch.nn.Module, held: dict[str, Arrays]) -> dict:
 
 def fold_teacher(fold: str, teachers: list[Path]) -> str | None:
     """The fold's teacher: the ensemble of the same fold's students of earlier CV runs (each
-    trained without the fold's held-out speakers), as distill.ship.teacher_targets reads it."""
+    trained without the fold's held-out speakers), as distill.students.teacher_targets reads it."""
     return ",".join(str(d / f"fold{fold}.pt") for d in teachers) or None
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
-from distill.convert import onnx_to_npz
+from distill.to_npz import onnx_to_npz
 from distill.export import quantize_int8
 from distill.tflite import _trace, onnx_to_tflite
 from edge.bundle import FORMAT, load_bundle, write_manifest

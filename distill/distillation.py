@@ -25,7 +25,8 @@ speed/pitch change by resampling, additive white or pink noise at a random SNR, 
 (FitConfig's audio fields); face: flip, small rotation/scale/shift, gamma and contrast, then the
 runtime's per-crop standardization.
 
-`main(argv)` is `python -m distill.train students ...` (the stage wiring is in distill/ship.py).
+The loss and the loop only: the student recipes, their data and the students CLI are
+distill/students.py (`python -m distill.train students ...`), the splits distill/corpora.py.
 """
 from __future__ import annotations
 
@@ -534,10 +535,3 @@ def resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
     rng = np.random.default_rng()
     rng.bit_generator.state = ckpt["rng"]
     return TrainState(rng=rng, **{f.name: ckpt[f.name] for f in fields(TrainState) if f.name != "rng"})
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m distill.train students ...`: see distill/ship.py for the stage itself."""
-    from distill.ship import students_main
-    return students_main(argv)
-

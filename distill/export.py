@@ -5,7 +5,8 @@ Out: `model.onnx` (float, opset 17), `model.int8.onnx` (static QDQ, int8 weights
      bundle folder (docs/bundle-format.md): payloads + model.npz + manifest.json.
 
 Student-specific code (which student, which calibration data, which target profile) lives
-with the students; these helpers stay generic.
+in distill/ship.py (the export stage, `python -m distill.ship export`) and distill/quantize.py;
+these helpers stay generic and have no entry point of their own.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from distill.convert import onnx_to_npz
+from distill.to_npz import onnx_to_npz
 from edge.backends.numpy_int8 import NumpyInterpreter
 from edge.backends.onnxruntime import OrtSession
 from edge.bundle import PAYLOADS, load_bundle, write_manifest

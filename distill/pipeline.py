@@ -9,12 +9,13 @@ minutes. With --data pointing at the shared corpora folder (RAVDESS speech, EmoD
 with its FER+ votes):
 1. the audio recipe is cross-validated over actors (distill/crossval.py, scored through
    edge's eval: the figures the audio manifest carries);
-2. the face teacher trains (ship.FACE_TEACHER_ARGS: the face net at width 1.5, FER+ votes,
+2. the face teacher trains (students.FACE_TEACHER_ARGS: the face net at width 1.5, FER+ votes,
    Soft-HGR against the label embedding) -> OUT/face-teacher;
-3. the students train with the fixed splits of distill/ship.py: the audio student from labels
-   on all 20 actors (+ EmoDB), the face student distilled from the face teacher (KD +
-   regression onto its common-space embedding) -> OUT/students;
-4. export and quantization for --target -> OUT/models/{audio,face}, OUT/quantized-<target>/.
+3. the students train (distill/students.py) with the fixed splits of distill/corpora.py: the
+   audio student from labels on all 20 actors (+ EmoDB), the face student distilled from the
+   face teacher (KD + regression onto its common-space embedding) -> OUT/students;
+4. export (distill/ship.py) and quantization (distill/quantize.py) for --target
+   -> OUT/models/{audio,face}, OUT/quantized-<target>/.
 The audio-visual teacher (`python -m distill.train teacher`, docs/teacher.md) is not a stage:
 on the real corpora its branches were weaker than the students (audio branch UAR 0.293 on
 unseen actors), so its soft targets pulled them down. Every stage resumes when the command is
@@ -28,7 +29,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from distill import crossval, quantize, ship
+from distill import crossval, quantize, ship, students
+from distill.corpora import has_shared_corpus
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -47,21 +49,21 @@ def corpus_root(data: Path | None, out: Path) -> Path:
 def student_stage(out: Path, modality: str, argv: list[str]) -> Path:
     """Train `modality` into `out` unless it finished there (a stopped run resumes from its .ckpt)."""
     if not (out / f"{modality}.json").is_file():
-        ship.students_main(["--out", str(out), "--modality", modality, *argv])
+        students.students_main(["--out", str(out), "--modality", modality, *argv])
     return out / f"{modality}.pt"
 
 
 def run(out: Path, data: Path | None, epochs: int | None, target: str, threads: int, device: str = "cpu") -> Path:
     root = corpus_root(data, out)
     epoch_args = ["--epochs", str(epochs)] if epochs else []
-    corpus_args = ["--with-emodb"] if ship.AUDIO_WITH_EMODB and (root / "emodb_2s").is_dir() else []
+    corpus_args = ["--with-emodb"] if students.AUDIO_WITH_EMODB and (root / "emodb_2s").is_dir() else []
     crossval_dir = None
-    if ship.has_shared_corpus("audio", root):
+    if has_shared_corpus("audio", root):
         crossval_dir = out / "crossval"
         crossval.main(["--data", str(root), "--out", str(crossval_dir), "--score", "--target", target,
                        *corpus_args, *epoch_args])
     base = ["--data", str(root), "--threads", str(threads), "--device", device]
-    face_teacher = student_stage(out / "face-teacher", "face", [*base, *ship.FACE_TEACHER_ARGS, *epoch_args])
+    face_teacher = student_stage(out / "face-teacher", "face", [*base, *students.FACE_TEACHER_ARGS, *epoch_args])
     student_stage(out / "students", "audio", [*base, "--no-kd", *corpus_args, *epoch_args])
     student_stage(out / "students", "face", [*base, "--teacher", str(face_teacher), *epoch_args])
     ship.export_all(out / "students", root, out / "models", target, crossval_dir)

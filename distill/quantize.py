@@ -17,7 +17,7 @@ Out: a bundle folder (docs/bundle-format.md) per model:
     float32 graph inputs/outputs; no int8 payload.
 
 With the shared corpora present, the CLI re-measures each written bundle's held-out metrics
-on its own payloads (distill.ship.remeasure); otherwise the source bundle's are kept.
+on its own payloads (distill.measure.remeasure); otherwise the source bundle's are kept.
 
 CLI: python -m distill.quantize --target jetson [--models edge/models] [--out DIR] [--data D]
 """
@@ -35,7 +35,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from distill.corpora import calibration_inputs, data_root
 from distill.export import agreement, frontend_node_names, quantize_int8, with_own_stats, write_bundle
+from distill.measure import remeasure
 from edge.bundle import FORMAT, MANIFEST, PAYLOADS, load_bundle, write_manifest
 from edge.errors import ConfigError
 
@@ -218,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="corpora for calibration (default ../shared/data)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from distill.ship import calibration_inputs, data_root, remeasure
     scheme = load_scheme(args.target)
     out = Path(args.out or f"runs/quantized/{scheme.target}")
     calibration = {m: calibration_inputs(m, args.data) for m in ("audio", "face")}

@@ -1,5 +1,8 @@
 """`python -m distill.train teacher|students`: training stages, stage 1 being the teacher.
 
+`students` is distill/students.py's `students_main` (the student recipes); the rest of this
+module is the audio-visual teacher (`teacher`, `ablation`), described below.
+
 In:  one or more corpora (`--data`, any layout `distill.data.load_corpus` reads), split by
      speaker (`--folds K --fold F`: fold F tests, fold F+1 validates; or `--split FILE`).
 Out: `--out` folder: teacher.pt (best validation UAR), last.pt (resume point), log.csv,
@@ -361,8 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m distill.train {teacher|students|ablation} ...", file=sys.stderr)
         return 2
     if argv[0] == "students":
-        from distill import distillation
-        return distillation.main(argv[1:]) or 0
+        from distill.students import students_main
+        return students_main(argv[1:])
     try:
         (train_teacher if argv[0] == "teacher" else ablation)(argv[1:])
     except AvemoError as err:

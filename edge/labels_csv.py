@@ -10,7 +10,7 @@ Out: one `LabelRow` per row: a known label (or '' when `unlabeled_ok`), at least
      every path an existing audio, image or video file, no row repeating an earlier row's
      files and label. Otherwise one `MediaError` naming the table, every bad row by its row
      number as a spreadsheet shows it (the header is row 1), and the fix. Which rows and path
-     columns to use is the caller's policy (edge.evaluate, distill.data.folder, distill.ship).
+     columns to use is the caller's policy (edge.evaluate, distill.data.folder, distill.corpora).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
 
-from distill import ship  # noqa: E402
+from distill import corpora, students  # noqa: E402
 from distill.data import load_corpus  # noqa: E402
 from distill.data.ferplus import VOTE_LABELS, VOTES_CSV, vote_targets  # noqa: E402
 from distill.distillation import Arrays, FitConfig, student_loss  # noqa: E402
@@ -28,7 +28,7 @@ def fer_folder(root: Path, per_class: int = 30) -> Path:
     train = root / "fer2013" / "train"
     rng = np.random.default_rng(0)
     rows = []
-    for c, label in enumerate(ship.FACE_LABELS):
+    for c, label in enumerate(corpora.FACE_LABELS):
         (train / label).mkdir(parents=True)
         for i in range(per_class):
             name = f"{label}/Training_{c}{i:03d}.png"
@@ -51,10 +51,10 @@ def fer_folder(root: Path, per_class: int = 30) -> Path:
 
 def test_vote_targets_are_distributions_with_fallbacks(tmp_path):
     items = load_corpus(fer_folder(tmp_path, per_class=3) / "fer2013" / "train")
-    targets, not_a_face = vote_targets(items, ship.FACE_LABELS)
+    targets, not_a_face = vote_targets(items, corpora.FACE_LABELS)
     assert targets.shape == (len(items), 7) and np.allclose(targets.sum(1), 1)
     for it, t in zip(items, targets):
-        k = ship.FACE_LABELS.index(it.label)
+        k = corpora.FACE_LABELS.index(it.label)
         if it.image.endswith("0.png"):                              # unmatched: its own label, one-hot
             assert t[k] == 1.0
         elif it.label == "angry" and it.image.endswith("1.png"):    # not a face: only anger votes count
@@ -62,7 +62,7 @@ def test_vote_targets_are_distributions_with_fallbacks(tmp_path):
         elif it.label != "neutral":
             assert t[k] == pytest.approx(0.7) and t[0] == pytest.approx(0.3)
     assert [Path(it.image).name for it, flag in zip(items, not_a_face) if flag] == ["Training_3001.png"]
-    assert vote_targets(load_corpus(tmp_path / "fer2013" / "train")[:0], ship.FACE_LABELS) is None
+    assert vote_targets(load_corpus(tmp_path / "fer2013" / "train")[:0], corpora.FACE_LABELS) is None
 
 
 def test_soft_weight_mixes_label_and_crowd_cross_entropy():
@@ -80,13 +80,13 @@ def test_face_teacher_trains_with_votes_and_hgr_and_reloads(tmp_path):
     out = tmp_path / "teacher"
     argv = ["--data", str(root), "--out", str(out), "--modality", "face", "--epochs", "1", "--no-kd",
             "--width", "0.5", "--hgr", "0.1", "--soft", "0.5"]
-    assert ship.students_main(argv) == 0
+    assert students.students_main(argv) == 0
     result = json.loads((out / "face.json").read_text())
     assert result["arch"] == {"width": 0.5, "hgr": True} and result["config"]["soft"] == 0.5
     assert {"val", "test", "val_ferplus_majority", "test_ferplus_majority"} <= set(result["reports"])
-    model = ship.load_student(out / "face.pt")
+    model = students.load_student(out / "face.pt")
     assert model.label_embedding is not None
     assert model.body[0][0].out_channels == 16                     # stem 32 at width 0.5
     assert not (out / "face.ckpt").exists()                        # the finished run leaves no training state
-    splits, _ = ship.load_splits("face", root, tmp_path / "cache")
-    assert ship.without_non_faces(splits["train"]).meta["not_a_face"].sum() == 0
+    splits, _ = corpora.load_splits("face", root, tmp_path / "cache")
+    assert corpora.without_non_faces(splits["train"]).meta["not_a_face"].sum() == 0

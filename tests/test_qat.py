@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from distill import ship  # noqa: E402
+from distill import students  # noqa: E402
 from distill.data.synthetic import make_synthetic_corpus  # noqa: E402
 from distill.models.students import AudioStudent, FaceStudent  # noqa: E402
 from distill.qat import ActivationFakeQuant, FakeQuant, WeightFakeQuant, agreement_loss  # noqa: E402
@@ -83,11 +83,11 @@ def corpus(tmp_path_factory):
 def test_qat_fine_tuning_through_the_students_cli(corpus, tmp_path):
     base, tuned = tmp_path / "base", tmp_path / "qat"
     common = ["--data", str(corpus), "--modality", "audio", "--epochs", "1", "--no-kd"]
-    assert ship.students_main([*common, "--out", str(base)]) == 0
-    assert ship.students_main([*common, "--out", str(tuned), "--init", str(base / "audio.pt"),
+    assert students.students_main([*common, "--out", str(base)]) == 0
+    assert students.students_main([*common, "--out", str(tuned), "--init", str(base / "audio.pt"),
                                "--qat", "2.0", "--lr", "1e-3"]) == 0
     result = json.loads((tuned / "audio.json").read_text())
     assert result["config"]["qat"] == 2.0 and result["init"] == str(base / "audio.pt")
-    student = ship.load_student(tuned / "audio.pt")  # plain state dict: no fake-quant leftovers
+    student = students.load_student(tuned / "audio.pt")  # plain state dict: no fake-quant leftovers
     wave = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 32000)).astype(np.float32) * 0.1)
     assert torch.isfinite(student(wave)[0]).all()

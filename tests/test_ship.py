@@ -1,6 +1,6 @@
-"""distill.ship: the students CLI on a synthetic corpus, labels alone and distilled from an
-ensemble of student checkpoints; the shared-corpus dispatch and per-target re-measuring
-off the shared corpora."""
+"""The student stage before export (distill.students, distill.corpora, distill.measure): the
+students CLI on a synthetic corpus, labels alone and distilled from an ensemble of student
+checkpoints; the shared-corpus dispatch and per-target re-measuring off the shared corpora."""
 from __future__ import annotations
 
 import json
@@ -12,9 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("soundfile")
 
-from distill import ship  # noqa: E402
+from distill import corpora, measure, students  # noqa: E402
 from distill.data.synthetic import make_synthetic_corpus  # noqa: E402
 from distill.distillation import predict  # noqa: E402
+from edge.errors import AvemoError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def corpus(tmp_path_factory):
 
 def _students(corpus: Path, out: Path, *extra: str) -> dict:
     argv = ["--data", str(corpus), "--out", str(out), "--modality", "audio", "--epochs", "1", *extra]
-    assert ship.students_main(argv) == 0
+    assert students.students_main(argv) == 0
     return json.loads((out / "audio.json").read_text())
 
 
@@ -40,31 +41,31 @@ def test_labels_alone_then_distilled_from_an_ensemble(corpus, tmp_path):
 
 
 def test_ensemble_teacher_targets_are_the_log_mean_probabilities(corpus, tmp_path):
-    splits, labels = ship.load_splits("audio", corpus, tmp_path / "cache")
+    splits, labels = corpora.load_splits("audio", corpus, tmp_path / "cache")
     paths = []
     for seed in (3, 4):
         torch.manual_seed(seed)
         path = tmp_path / f"t{seed}" / "audio.pt"
         path.parent.mkdir()
-        torch.save({"state_dict": ship.build("audio", len(labels)).state_dict(), "labels": labels}, path)
+        torch.save({"state_dict": students.build("audio", len(labels)).state_dict(), "labels": labels}, path)
         paths.append(path)
-    data = ship.teacher_targets(",".join(map(str, paths)), splits["val"], "audio", labels)
-    expected = np.mean([predict(ship.load_student(p), splits["val"]) for p in paths], axis=0)
+    data = students.teacher_targets(",".join(map(str, paths)), splits["val"], "audio", labels)
+    expected = np.mean([predict(students.load_student(p), splits["val"]) for p in paths], axis=0)
     assert data.teacher_emb is None
     np.testing.assert_allclose(np.exp(data.teacher_logits), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_shared_corpora_absent(tmp_path):
-    assert ship.shared_corpus_items("audio", tmp_path) is None
-    assert ship.shared_corpus_items("face", tmp_path) is None
-    assert ship.train_label_counts("face", tmp_path, ["a", "b"]).tolist() == [1.0, 1.0]
+    assert corpora.shared_corpus_items("audio", tmp_path) is None
+    assert corpora.shared_corpus_items("face", tmp_path) is None
+    assert corpora.train_label_counts("face", tmp_path, ["a", "b"]).tolist() == [1.0, 1.0]
 
 
 def test_remeasure_needs_the_shared_corpora(tmp_path):
     from tiny_models import make_face_bundle
     folder = make_face_bundle(tmp_path / "face")
     before = (folder / "manifest.json").read_text()
-    assert ship.remeasure(folder, tmp_path / "no-corpora") is False
+    assert measure.remeasure(folder, tmp_path / "no-corpora") is False
     assert (folder / "manifest.json").read_text() == before
 
 
@@ -74,20 +75,20 @@ def test_single_teacher_gives_its_embedding_and_faces_are_mirrored(tmp_path):
     labels = ["neutral", "happy", "sad"]
     torch.manual_seed(5)
     path = tmp_path / "face.pt"
-    torch.save({"state_dict": ship.build("face", 3).state_dict(), "labels": labels}, path)
+    torch.save({"state_dict": students.build("face", 3).state_dict(), "labels": labels}, path)
     rng = np.random.default_rng(0)
     data = Arrays(x=rng.uniform(0, 255, (6, 1, 48, 48)).astype(np.float32), y=np.array([0, 1, 2] * 2))
-    out = ship.teacher_targets(str(path), data, "face", labels)
-    model = ship.load_student(path)
+    out = students.teacher_targets(str(path), data, "face", labels)
+    model = students.load_student(path)
     views = [predict_with_embedding(model, d) for d in (data, replace(data, x=data.x[..., ::-1].copy()))]
     np.testing.assert_allclose(np.exp(out.teacher_logits), (views[0][0] + views[1][0]) / 2, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(out.teacher_emb, (views[0][1] + views[1][1]) / 2, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ship.AvemoError, match="labels differ"):
-        ship.teacher_targets(str(path), data, "face", ["neutral", "sad", "happy"])
+    with pytest.raises(AvemoError, match="labels differ"):
+        students.teacher_targets(str(path), data, "face", ["neutral", "sad", "happy"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: --device cuda would train")
 def test_device_cuda_without_a_gpu_is_one_clear_error(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        ship.students_main(["--data", str(corpus), "--out", str(tmp_path), "--modality", "face", "--device", "cuda"])
+        students.students_main(["--data", str(corpus), "--out", str(tmp_path), "--modality", "face", "--device", "cuda"])
     assert exit_.value.code == 2 and "no CUDA device visible" in capsys.readouterr().err

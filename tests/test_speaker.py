@@ -157,7 +157,8 @@ def speaker_bundle(tmp_path_factory) -> Path:
     torch = pytest.importorskip("torch")
     from distill.distillation import Arrays
     from distill.models.students import AudioStudent
-    from distill.ship import AUDIO_LABELS, student_bundle
+    from distill.corpora import AUDIO_LABELS
+    from distill.ship import student_bundle
     torch.manual_seed(0)
     model = AudioStudent(len(AUDIO_LABELS), channels=(4, 8), speaker_norm=True).eval()
     rng = np.random.default_rng(0)
@@ -197,7 +198,8 @@ def test_a_litert_target_refuses_the_two_input_model_in_one_line(tmp_path):
     pytest.importorskip("torch")
     from distill.distillation import Arrays
     from distill.models.students import AudioStudent
-    from distill.ship import AUDIO_LABELS, student_bundle
+    from distill.corpora import AUDIO_LABELS
+    from distill.ship import student_bundle
     from edge.errors import ConfigError
     x = speech(3.0)[None]
     calib = Arrays(x=x, y=np.zeros(1, np.int64), lengths=np.array([x.shape[1]]), speaker=np.array(["a"]))

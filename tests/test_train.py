@@ -124,9 +124,9 @@ def test_cli_errors_and_students_dispatch(corpus, tmp_path, monkeypatch, capsys)
     assert "corpus folder not found" in capsys.readouterr().err
     assert train.main(_argv(corpus, tmp_path / "c", 1, "--resume")) == 2
     assert train.main([]) == 2
-    import distill.distillation
+    import distill.students
     seen = []
-    monkeypatch.setattr(distill.distillation, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(distill.students, "students_main", lambda argv: seen.append(argv) or 0)
     assert train.main(["students", "--x", "1"]) == 0 and seen == [["--x", "1"]]
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from distill.export import agreement, export_onnx, frontend_node_names, quantize_int8, write_bundle
-from distill.convert import onnx_to_npz
+from distill.to_npz import onnx_to_npz
 from distill.models.frontend import LogMelFrontEnd
 from edge.bundle import load_bundle, write_manifest
 from edge.settings import AUDIO, FaceInput

@@ -3,7 +3,7 @@
     python tools/face_alignment.py [--data ../shared/data] [--tilt 20] [--limit N] [--json out.json]
 
 Face sets (real faces with an emotion label):
-  fer-val     FER2013 validation faces (distill.ship.fer_items(root)["val"], the student's own
+  fer-val     FER2013 validation faces (distill.corpora.fer_items(root)["val"], the student's own
               held-out 5 %), each 48 px face upscaled x4 (bicubic) and framed by 64 px of
               repeated edge pixels (a 320x320 frame the detector sees whole)
   cremad      every frame of the CREMA-D fixture clips (480x360 video, labels from the clip)
@@ -56,7 +56,7 @@ def turned(frame: np.ndarray, degrees: float) -> np.ndarray:
 
 def fer_frames(data: Path) -> Iterator[tuple[np.ndarray, str]]:
     """FER2013 validation faces as BGR frames (upscaled, edge-framed), with their labels."""
-    from distill.ship import fer_items
+    from distill.corpora import fer_items
     cv2 = _cv2()
     for item in fer_items(data)["val"]:
         gray = cv2.imread(str(item.image), cv2.IMREAD_GRAYSCALE)

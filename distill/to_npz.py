@@ -5,7 +5,7 @@ Out: a plain `.npz` (no pickles): `__graph__` (UTF-8 JSON: inputs, outputs, node
      topological order with ONNX op names and JSON attributes) and `init/<name>` for every
      initializer in its ONNX dtype. Constant nodes are folded into initializers.
 
-CLI: python -m distill.convert model.int8.onnx model.npz
+CLI: python -m distill.to_npz model.int8.onnx model.npz
 """
 from __future__ import annotations
 

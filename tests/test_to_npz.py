@@ -1,4 +1,4 @@
-"""distill/convert.py: ONNX -> model.npz keeps every node and initializer and folds Constants."""
+"""distill/to_npz.py: ONNX -> model.npz keeps every node and initializer and folds Constants."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from distill.convert import main, onnx_to_npz  # noqa: E402
+from distill.to_npz import main, onnx_to_npz  # noqa: E402
 from edge.backends.numpy_int8 import NumpyInterpreter  # noqa: E402
 from edge.backends.onnxruntime import OrtSession  # noqa: E402
 
