@@ -158,9 +158,14 @@ def crowd_majority(data: Arrays) -> Arrays | None:
     not-a-face majority left out), or None without votes: the second truth to report."""
     if data.soft is None:
         return None
-    top = np.sort(data.soft, axis=1)
-    keep = (top[:, -1] > top[:, -2]) & ~data.meta["not_a_face"]
+    keep = has_majority(data.soft, data.meta["not_a_face"])
     return replace(data, x=data.x[keep], y=data.soft[keep].argmax(1), soft=data.soft[keep], meta={})
+
+
+def has_majority(soft: np.ndarray, not_a_face: np.ndarray) -> np.ndarray:
+    """bool [N]: the vote distribution has one top label and the crowd did not call it not-a-face."""
+    top = np.sort(soft, axis=1)
+    return (top[:, -1] > top[:, -2]) & ~not_a_face
 
 
 # ---------------------------------------------------------------- shared corpora and splits
@@ -275,6 +280,22 @@ def train_label_counts(modality: str, root: Path, labels: list[str]) -> np.ndarr
     if items is None:
         return np.ones(len(labels))
     return np.array([sum(it.label == label for it in items["train"]) for label in labels], np.float64)
+
+
+def crowd_majority_rows(root: Path, part: str) -> list | None:
+    """edge.evaluate Rows of one FER2013 split labelled with the FER+ majority (as
+    `crowd_majority`), or None where the corpus or its votes are absent."""
+    from distill.data.ferplus import vote_targets
+    from edge.evaluate import Row
+    if not has_shared_corpus("face", root):
+        return None
+    items = fer_items(root)[part]
+    votes = vote_targets(items, FACE_LABELS)
+    if votes is None:
+        return None
+    soft, not_a_face = votes
+    keep = has_majority(soft, not_a_face)
+    return [Row(Path(it.image), FACE_LABELS[int(soft[i].argmax())], it.speaker) for i, it in enumerate(items) if keep[i]]
 
 
 def split_rows(modality: str, root: Path, part: str) -> list:

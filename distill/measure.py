@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from distill.corpora import SHARED_LABELS, SHARED_SPLIT, has_shared_corpus, split_rows
+from distill.corpora import SHARED_LABELS, SHARED_SPLIT, crowd_majority_rows, has_shared_corpus, split_rows
 
 
 def crossval_metrics(crossval: Path | None) -> dict:
@@ -39,6 +39,9 @@ def held_out_metrics(folder: Path, modality: str, root: Path, labels: list[str],
     parts = {"test": split_rows(modality, root, "test")}
     if modality == "audio" and (root / "emodb_2s").is_dir():
         parts["emodb"] = read_labels_csv(root / "emodb_2s", "audio")
+    majority = crowd_majority_rows(root, "test") if modality == "face" else None
+    if majority:
+        parts["test_ferplus_majority"] = majority       # the second truth (FER+ crowd votes)
     out = {"split": SHARED_SPLIT[modality] if has_shared_corpus(modality, root)
            else f"{root.name}: test speakers of fold 0 of 5 (never seen)"}
     fp16 = bundle.manifest.get("quantization", {}).get("scheme") == "fp16"

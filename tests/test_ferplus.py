@@ -90,3 +90,13 @@ def test_face_teacher_trains_with_votes_and_hgr_and_reloads(tmp_path):
     assert not (out / "face.ckpt").exists()                        # the finished run leaves no training state
     splits, _ = corpora.load_splits("face", root, tmp_path / "cache")
     assert corpora.without_non_faces(splits["train"]).meta["not_a_face"].sum() == 0
+
+
+def test_majority_rows_are_the_majority_arrays_as_eval_rows(tmp_path):
+    from edge.evaluate import Row
+    root = fer_folder(tmp_path / "data", per_class=6)
+    rows = corpora.crowd_majority_rows(root, "test")
+    majority = corpora.crowd_majority(corpora.split_arrays("face", root, "test"))
+    assert [r.label for r in rows] == [corpora.FACE_LABELS[y] for y in majority.y] and rows
+    assert all(isinstance(r, Row) for r in rows)
+    assert corpora.crowd_majority_rows(tmp_path / "nothing", "test") is None
