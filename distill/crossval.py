@@ -89,16 +89,16 @@ def adapt_modes(model: torch.nn.Module) -> tuple[tuple[bool, str], ...]:
     return ((True, ""), (False, NO_ADAPT)) if model.speaker_norm else ((True, ""),)
 
 
+def part_report(name: str, probs: np.ndarray, data: Arrays) -> dict:
+    """A held-out part's report: EmoDB on its 6 labels, RAVDESS on the model's 8."""
+    return emodb_from_probs(probs, data) if name == "emodb" else report_from_probs(probs, data, AUDIO_LABELS)
+
+
 def score(model: torch.nn.Module, held: dict[str, Arrays]) -> dict:
     """Report per held-out part; a speaker-normalized student is scored causally (its speaker's
     statistics over the files played so far) and, as `<part>_no_adapt`, on each window's own."""
-    out = {}
-    for name, data in held.items():
-        for adapt, suffix in adapt_modes(model):
-            probs = predict(model, data, adapt=adapt)
-            out[name + suffix] = emodb_from_probs(probs, data) if name == "emodb" else \
-                report_from_probs(probs, data, AUDIO_LABELS)
-    return out
+    return {name + suffix: part_report(name, predict(model, data, adapt=adapt), data)
+            for name, data in held.items() for adapt, suffix in adapt_modes(model)}
 
 
 def fold_teacher(fold: str, teachers: list[Path]) -> str | None:
@@ -112,7 +112,8 @@ def run_fold(fold: str, cfg: FitConfig, items: dict[str, list], out: Path, with_
     """Train and score one fold (distilled from `teachers`' fold students when given); resumes
     from out/fold<k>.ckpt; writes fold<k>.json and .pt."""
     train, held = fold_data(fold, items, with_emodb, out.parent / "cache")
-    train = teacher_targets(fold_teacher(fold, teachers), train, "audio", AUDIO_LABELS)
+    teacher = fold_teacher(fold, teachers)
+    train = teacher_targets(teacher, train, "audio", AUDIO_LABELS)
     torch.manual_seed(cfg.seed)
     model = build("audio", len(AUDIO_LABELS), arch)
     ckpt = out / f"fold{fold}.ckpt"
@@ -120,7 +121,7 @@ def run_fold(fold: str, cfg: FitConfig, items: dict[str, list], out: Path, with_
                          lambda m: _LOGGER.info("fold %s %s", fold, m), checkpoint=ckpt)
     result = {"fold": fold, "test_actors": fold_actors(int(fold)) if fold != "emodb" else "all 20",
               "train_size": len(train), "params": count_params(model), "config": asdict(cfg), "arch": arch,
-              "with_emodb": with_emodb, "teacher": fold_teacher(fold, teachers), "history": history,
+              "with_emodb": with_emodb, "teacher": teacher, "history": history,
               "reports": score(model, held)}
     torch.save({"state_dict": model.state_dict(), "labels": AUDIO_LABELS, "arch": arch}, out / f"fold{fold}.pt")
     (out / f"fold{fold}.json").write_text(json.dumps(result, indent=1))
@@ -133,10 +134,8 @@ def score_ensemble(fold: str, items: dict[str, list], out: Path, members: list[P
     their probabilities, each the mean over windows): writes fold<k>.json like a trained fold."""
     _, held = fold_data(fold, items, with_emodb, out.parent / "cache")
     models = [load_student(d / f"fold{fold}.pt", "audio") for d in members]
-    reports = {}
-    for name, data in held.items():
-        probs = np.mean([predict(m, data) for m in models], axis=0)
-        reports[name] = emodb_from_probs(probs, data) if name == "emodb" else report_from_probs(probs, data, AUDIO_LABELS)
+    reports = {name: part_report(name, np.mean([predict(m, data) for m in models], axis=0), data)
+               for name, data in held.items()}
     result = {"fold": fold, "ensemble": [str(d) for d in members], "with_emodb": with_emodb, "reports": reports}
     (out / f"fold{fold}.json").write_text(json.dumps(result, indent=1))
     return result

@@ -51,7 +51,7 @@ def teacher_targets(teacher_path: str | None, data: Arrays, modality: str, label
             if ckpt["labels"] != labels:
                 raise AvemoError(f"teacher {p}: its labels differ from the student's {labels}; "
                                  "train the teacher on the same corpus")
-        logits, emb = member_targets([load_student(p, modality) for p in members], data)
+        logits, emb = member_targets([student_from(ckpt, modality) for ckpt in saved], data)
         return replace(data, teacher_logits=logits, teacher_emb=emb)
     from distill.models.teacher import load_teacher
     teacher, _ = load_teacher(teacher_path)
@@ -131,8 +131,12 @@ def train(modality: str, root: Path, out: Path, cfg: FitConfig, teacher: str | N
 
 def load_student(path: Path, modality: str | None = None) -> torch.nn.Module:
     """A student saved by `train` (modality from the file name unless given), eval mode."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = build(modality or path.stem, len(ckpt["labels"]), ckpt.get("arch"))
+    return student_from(torch.load(path, map_location="cpu", weights_only=True), modality or path.stem)
+
+
+def student_from(ckpt: dict, modality: str) -> torch.nn.Module:
+    """The eval-mode student of a checkpoint `train` saved ({state_dict, labels, arch}), loaded."""
+    model = build(modality, len(ckpt["labels"]), ckpt.get("arch"))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 
@@ -186,7 +190,8 @@ def students_main(argv: list[str] | None = None) -> int:
     if args.speaker_norm and args.modality != "audio":
         p.error("--speaker-norm is for the audio student: use it with --modality audio")
     for modality in ("audio", "face") if args.modality == "both" else (args.modality,):
+        arch = model_arch(args.width, args.hgr, args.speaker_norm)
         result = train(modality, data_root(args.data), Path(args.out), _config(modality, args), args.teacher,
-                       args.init, args.with_emodb and modality == "audio", model_arch(args.width, args.hgr, args.speaker_norm), args.device)
+                       args.init, args.with_emodb and modality == "audio", arch, args.device)
         _LOGGER.info("%s test %s", modality, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
     return 0
