@@ -32,6 +32,7 @@ import numpy as np
 from edge.errors import MediaError, in_range
 from edge.labels_csv import LABELS_CSV, media_kind, read_labels
 from edge.metrics import classification_report
+from edge.ring import AudioRing
 from edge.settings import AUDIO, LABEL_ALIASES, LABELS
 
 NO_ANSWER = "none"
@@ -127,6 +128,9 @@ class FaceInputs:
 class FaceScorer:
     """Image path -> the face model's probabilities (None when `detect` finds no face)."""
 
+    adapts = False
+    """A face model has no speaker to adapt to."""
+
     def __init__(self, model, detect: bool) -> None:
         self.model, self.inputs = model, FaceInputs(model.bundle.face, detect, model.bundle.level_eyes)
 
@@ -141,6 +145,7 @@ class AudioReplay:
 
     def __init__(self, pipeline) -> None:
         self.pipeline, self.model = pipeline, pipeline.audio
+        self.ring = AudioRing(int(pipeline.profile.audio.ring_s * AUDIO.sample_rate))
         adaptation = pipeline.adaptation
         self.adapts = adaptation is not None and adaptation.enabled
         """True: the model adapts to its speaker (statistics carried from file to file)."""
@@ -150,12 +155,11 @@ class AudioReplay:
 
     def __call__(self, path_or_wave: Path | np.ndarray) -> np.ndarray | None:
         from edge.audio import read_audio
-        from edge.ring import AudioRing
         from edge.stream import replay_steps
         wave = read_audio(path_or_wave) if isinstance(path_or_wave, (str, Path)) else path_or_wave
-        ring = AudioRing(int(self.pipeline.profile.audio.ring_s * AUDIO.sample_rate))
+        self.ring.clear()
         total, voiced = np.zeros(len(self.model.labels)), 0
-        for result in replay_steps(self.pipeline, ring, wave, len(wave) / AUDIO.sample_rate):
+        for result in replay_steps(self.pipeline, self.ring, wave, len(wave) / AUDIO.sample_rate):
             if result.audio["voiced"]:
                 total += self.model.probs
                 voiced += 1
@@ -179,19 +183,19 @@ def play_order(score_item, rows: list[Row]) -> list[Row]:
     """The order rows are scored in: for a scorer that adapts to the speaker, each speaker's
     files one after the other in a fixed shuffled order (edge.speaker.causal_order), as a live
     device would hear them; else as given."""
-    if not getattr(score_item, "adapts", False):
+    if not score_item.adapts:
         return rows
     from edge.speaker import causal_order
     return [rows[i] for i in causal_order([row.speaker for row in rows])]
 
 
 def evaluate_rows(score_item, labels: tuple[str, ...], rows: list[Row]) -> dict:
-    """Score every row with `score_item` (path -> probabilities or None), in `play_order` (an
-    adapting scorer forgets the speaker where the next one starts); report + items (in the
-    order played)."""
+    """Score every row with `score_item` (path -> probabilities or None; `adapts`, and
+    `reset_speaker()` where it adapts), in `play_order` (an adapting scorer forgets the speaker
+    where the next one starts); report + items (in the order played)."""
     items, speaker = [], None
     for row in play_order(score_item, rows):
-        if getattr(score_item, "adapts", False) and row.speaker != speaker:
+        if score_item.adapts and row.speaker != speaker:
             score_item.reset_speaker()
             speaker = row.speaker
         probs = score_item(row.path)
@@ -216,7 +220,7 @@ def evaluate(model_name: str | Path, folder: str | Path, profile, backend: str =
     rows = read_labels_csv(folder, bundle.modality)[:limit]
     score_item = scorer(model_name, bundle.modality, profile, backend, detect, adapt=adapt)
     report = evaluate_rows(score_item, bundle.labels, rows)
-    if getattr(score_item, "adapts", False):
+    if score_item.adapts:
         report["no_adapt"] = evaluate_rows(scorer(model_name, "audio", profile, backend, adapt=False),
                                            bundle.labels, rows)
     report["model"] = bundle.name

@@ -36,6 +36,11 @@ class AudioRing:
             raise ValueError(f"AudioRing capacity must be >= 1 sample, got {capacity}")
         self.capacity = int(capacity)
         self._buf = np.zeros(self.capacity, np.float32)
+        self.clear()
+
+    def clear(self) -> None:
+        """Empty the ring and its counters, keeping its memory (a replay starts a new file)."""
+        self._buf[:] = 0.0
         self._claimed = 0  # samples the producer has started writing (>= written)
         self.written = 0  # samples completely written
         self._last_read = 0  # value of `written` at the previous read_latest

@@ -58,6 +58,19 @@ def test_audio_underrun_zero_fills_head():
     assert ring.read_latest(out) == 10 and ring.underruns == 2
 
 
+def test_audio_clear_starts_a_new_recording_in_the_same_memory():
+    ring, out = AudioRing(8), np.full(4, 7.0, np.float32)
+    ring.write(ramp(1, 12))
+    ring.read_latest(out)
+    buffer = ring._buf
+    ring.clear()
+    assert ring.written == 0 and ring.overruns == ring.underruns == ring.torn == 0
+    assert ring.read_latest(out) == 0 and not out.any()
+    ring.write(ramp(1, 2))
+    assert ring.read_latest(out) == 2 and ring._buf is buffer
+    np.testing.assert_array_equal(out, [0, 0, 1, 2])
+
+
 def test_audio_overrun_counted_when_producer_laps_the_window():
     ring, out = AudioRing(100), np.empty(40, np.float32)
     ring.write(ramp(0, 60))  # exactly capacity - len(out) new samples: nothing lost
