@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from distill.distillation import Arrays, FitConfig, fit, predict
-from distill.models.students import count_params
+from distill.models.students import Ensemble, count_params
 from distill.corpora import (AUDIO_LABELS, EMODB_LABELS, audio_arrays, concat, data_root, emodb_from_probs,
                              report_from_probs)
 from distill.measure import payload_report
@@ -133,9 +133,8 @@ def score_ensemble(fold: str, items: dict[str, list], out: Path, members: list[P
     """Score the ensemble of `members`' fold students on the fold's held-out files (the mean of
     their probabilities, each the mean over windows): writes fold<k>.json like a trained fold."""
     _, held = fold_data(fold, items, with_emodb, out.parent / "cache")
-    models = [load_student(d / f"fold{fold}.pt", "audio") for d in members]
-    reports = {name: part_report(name, np.mean([predict(m, data) for m in models], axis=0), data)
-               for name, data in held.items()}
+    model = Ensemble([load_student(d / f"fold{fold}.pt", "audio") for d in members])
+    reports = {name: part_report(name, predict(model, data), data) for name, data in held.items()}
     result = {"fold": fold, "ensemble": [str(d) for d in members], "with_emodb": with_emodb, "reports": reports}
     (out / f"fold{fold}.json").write_text(json.dumps(result, indent=1))
     return result

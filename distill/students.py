@@ -8,7 +8,8 @@ Out: under --out: `<modality>.pt` (student state dict, labels, arch) and `<modal
 
 Entry point: `students_main`, which is `python -m distill.train students --data D --out runs/S
 [--modality audio|face|both] ...`; `train` trains one modality (the loss and the loop are
-distill/distillation.py's `fit`).
+distill/distillation.py's `fit`); `--score A.pt,B.pt` trains nothing and scores those students
+as one `Ensemble` (a teacher made of students; one path: a student as the device answers it).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 
 from distill.corpora import concat, crowd_majority, data_root, emodb_from_probs, load_splits, without_non_faces
 from distill.distillation import Arrays, FitConfig, evaluate, fit, predict, predict_with_embedding
-from distill.models.students import AudioStudent, FaceStudent, count_params
+from distill.models.students import AudioStudent, Ensemble, FaceStudent, count_params
 from edge.errors import AvemoError
 
 _LOGGER = logging.getLogger(__name__)
@@ -44,14 +45,9 @@ def teacher_targets(teacher_path: str | None, data: Arrays, modality: str, label
     a comma-separated list of them is an ensemble teacher."""
     if not teacher_path:
         return data
-    members = [Path(p) for p in teacher_path.split(",")]
-    saved = [torch.load(p, map_location="cpu", weights_only=False) for p in members]
+    saved = [torch.load(p, map_location="cpu", weights_only=False) for p in teacher_path.split(",")]
     if all("format" not in ckpt for ckpt in saved):              # saved by `train`, not a Teacher
-        for p, ckpt in zip(members, saved):
-            if ckpt["labels"] != labels:
-                raise AvemoError(f"teacher {p}: its labels differ from the student's {labels}; "
-                                 "train the teacher on the same corpus")
-        logits, emb = member_targets([student_from(ckpt, modality) for ckpt in saved], data)
+        logits, emb = member_targets(students_of(teacher_path, saved, modality, labels), data)
         return replace(data, teacher_logits=logits, teacher_emb=emb)
     from distill.models.teacher import load_teacher
     teacher, _ = load_teacher(teacher_path)
@@ -71,17 +67,37 @@ def teacher_targets(teacher_path: str | None, data: Arrays, modality: str, label
     return replace(data, teacher_logits=logits, teacher_emb=emb)
 
 
+def students_of(paths: str, saved: list[dict], modality: str, labels: list[str]) -> list[torch.nn.Module]:
+    """The students `train` saved at the comma-separated `paths` (their loaded `saved` dicts),
+    refused in one line where one's labels differ from `labels`."""
+    for p, ckpt in zip(paths.split(","), saved):
+        if ckpt["labels"] != labels:
+            raise AvemoError(f"teacher {p}: its labels differ from the student's {labels}; "
+                             "train the teacher on the same corpus")
+    return [student_from(ckpt, modality) for ckpt in saved]
+
+
+def score_ensemble(modality: str, root: Path, out: Path, paths: str) -> dict:
+    """Score the `Ensemble` of the students at `paths` (comma-separated; faces with flip
+    test-time augmentation, as the runtime's mirror averaging) on the held-out splits, as
+    `train` reports a student; writes `<modality>.json` in `out`. One path scores one student
+    the way the device answers it; several, an ensemble teacher."""
+    out.mkdir(parents=True, exist_ok=True)
+    splits, labels = load_splits(modality, root, out.parent / "cache")
+    saved = [torch.load(p, map_location="cpu", weights_only=True) for p in paths.split(",")]
+    model = Ensemble(students_of(paths, saved, modality, labels), mirror=modality == "face")
+    result = {"modality": modality, "labels": labels, "ensemble": paths.split(","), "params": count_params(model),
+              "reports": held_out_reports(model, splits, labels)}
+    (out / f"{modality}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def member_targets(members: list[torch.nn.Module], data: Arrays) -> tuple[np.ndarray, np.ndarray | None]:
-    """(logits, embedding) a student-format teacher gives each item: the log of its mean
-    probabilities over the members and, for faces, over the crop and its mirror image (flip
-    test-time augmentation: +1.4 points FER+ majority accuracy for the first face teacher on
-    validation); the embedding averaged the same way, for a single member only (the members'
-    common spaces differ)."""
-    views = [data] if data.modality == "audio" else [data, replace(data, x=np.ascontiguousarray(data.x[..., ::-1]))]
-    outs = [predict_with_embedding(m, v) for m in members for v in views]
-    logits = np.log(np.clip(np.mean([o[0] for o in outs], axis=0), 1e-6, None)).astype(np.float32)
-    emb = np.mean([o[1] for o in outs], axis=0).astype(np.float32) if len(members) == 1 else None
-    return logits, emb
+    """(logits, embedding) a student-format teacher gives each item: its `Ensemble`'s, faces
+    with flip test-time augmentation (+1.4 points FER+ majority accuracy for the first face
+    teacher on validation); the embedding for a single member only (None for several)."""
+    probs, emb = predict_with_embedding(Ensemble(members, mirror=data.modality == "face"), data)
+    return np.log(np.clip(probs, 1e-6, None)).astype(np.float32), emb.astype(np.float32) if emb.shape[1] else None
 
 
 def build(modality: str, n_labels: int, arch: dict | None = None) -> torch.nn.Module:
@@ -182,6 +198,9 @@ def students_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="distill.train students")
     _fit_args(p)
     p.add_argument("--modality", choices=("audio", "face", "both"), default="both")
+    p.add_argument("--score", default=None, metavar="A.pt,B.pt",
+                   help="train nothing: score these students' ensemble (one: a student as the device answers "
+                        "faces, mirrored too) on the held-out splits into --out/<modality>.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -190,6 +209,10 @@ def students_main(argv: list[str] | None = None) -> int:
     if args.speaker_norm and args.modality != "audio":
         p.error("--speaker-norm is for the audio student: use it with --modality audio")
     for modality in ("audio", "face") if args.modality == "both" else (args.modality,):
+        if args.score:
+            result = score_ensemble(modality, data_root(args.data), Path(args.out), args.score)
+            _LOGGER.info("%s ensemble %s", modality, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
+            continue
         arch = model_arch(args.width, args.hgr, args.speaker_norm)
         result = train(modality, data_root(args.data), Path(args.out), _config(modality, args), args.teacher,
                        args.init, args.with_emodb and modality == "audio", arch, args.device)

@@ -1,6 +1,6 @@
 """The student stage before export (distill.students, distill.corpora, distill.measure): the
 students CLI on a synthetic corpus, labels alone and distilled from an ensemble of student
-checkpoints; the shared-corpus dispatch and per-target re-measuring off the shared corpora."""
+checkpoints, and their ensemble scored (`--score`); the shared-corpus dispatch and per-target re-measuring off the shared corpora."""
 from __future__ import annotations
 
 import json
@@ -38,6 +38,11 @@ def test_labels_alone_then_distilled_from_an_ensemble(corpus, tmp_path):
     result = _students(corpus, tmp_path / "kd", "--teacher", teacher)
     assert result["teacher"] == teacher
     assert set(result["reports"]) == {"val", "test"} and 0 <= result["reports"]["test"]["uar"] <= 1
+    scored = _students(corpus, tmp_path / "scored", "--score", teacher)
+    assert scored["ensemble"] == teacher.split(",") and "history" not in scored
+    test = corpora.load_splits("audio", corpus, tmp_path / "cache")[0]["test"]
+    probs = np.mean([predict(students.load_student(m / "audio.pt"), test) for m in members], axis=0)
+    assert scored["reports"]["test"]["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == test.y), abs=1e-4)
 
 
 def test_ensemble_teacher_targets_are_the_log_mean_probabilities(corpus, tmp_path):

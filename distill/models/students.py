@@ -185,6 +185,26 @@ class FaceStudent(nn.Module):
         return self.head(self.pool(self.body(face)).flatten(1))
 
 
+class Ensemble(nn.Module):
+    """Members of one modality as one model: the log of their mean probabilities (and, with
+    `mirror`, of each face and its mirror image: flip test-time augmentation) as logits. The
+    embedding is the mean over the views for a single member; members' common spaces differ,
+    so several members give an empty one [B, 0]. A teacher made of students."""
+
+    def __init__(self, members: list[nn.Module], mirror: bool = False) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.mirror = mirror
+        self.speaker_norm = getattr(members[0], "speaker_norm", False)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        views = [inputs, (inputs[0].flip(-1), *inputs[1:])] if self.mirror else [inputs]
+        outs = [m(*v) for m in self.members for v in views]
+        probs = torch.stack([torch.softmax(o[0], 1) for o in outs]).mean(0)
+        emb = torch.stack([o[1] for o in outs]).mean(0) if len(self.members) == 1 else probs.new_zeros(len(probs), 0)
+        return torch.log(probs.clamp_min(1e-6)), emb
+
+
 def count_params(model: nn.Module) -> int:
     """Trainable parameters (front-end buffers are not parameters)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
