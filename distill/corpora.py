@@ -295,7 +295,8 @@ def crowd_majority_rows(root: Path, part: str) -> list | None:
         return None
     soft, not_a_face = votes
     keep = has_majority(soft, not_a_face)
-    return [Row(Path(it.image), FACE_LABELS[int(soft[i].argmax())], it.speaker) for i, it in enumerate(items) if keep[i]]
+    return [Row(Path(it.image), FACE_LABELS[int(soft[i].argmax())], it.speaker)
+            for i, it in enumerate(items) if keep[i]]
 
 
 def split_rows(modality: str, root: Path, part: str) -> list:

@@ -1,6 +1,7 @@
 """The student stage before export (distill.students, distill.corpora, distill.measure): the
 students CLI on a synthetic corpus, labels alone and distilled from an ensemble of student
-checkpoints, and their ensemble scored (`--score`); the shared-corpus dispatch and per-target re-measuring off the shared corpora."""
+checkpoints, and their ensemble scored (`--score`); the shared-corpus dispatch and per-target
+re-measuring off the shared corpora."""
 from __future__ import annotations
 
 import json
