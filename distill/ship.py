@@ -54,14 +54,31 @@ def input_spec(modality: str, speaker_norm: bool = False) -> dict:
 def provenance(modality: str, result: dict, root: Path) -> dict:
     corpus = SHARED_PROVENANCE[modality] if has_shared_corpus(modality, root) else \
         f"data folder {root} (labels.csv; speaker fold 0 of 5 held out for test)"
-    teacher = result["teacher"] or "none: trained from labels alone (no teacher checkpoint was available)"
     emodb = "trained on as a second corpus (chosen by cross-validation and leave-one-corpus-out; " \
             "EmoDB, research use)" if result.get("with_emodb") else "evaluation only (never trained, tuned or calibrated on)"
     if result.get("with_emodb"):
         corpus += " + EmoDB (German, 10 speakers, its 6 shared labels; research use)"
-    return {"trained_on": corpus, "teacher": teacher, "created": date.today().isoformat(),
+    return {"trained_on": corpus, "teacher": teacher_provenance(result["teacher"]), "created": date.today().isoformat(),
             "code": _git_sha(), "params": result["params"], "epochs_run": len(result["history"]),
             "init": result.get("init"), "config": result["config"], "emodb": emodb}
+
+
+def teacher_provenance(teacher: str | None) -> str | dict:
+    """The teacher checkpoint(s) a student was distilled from (comma-separated for an ensemble),
+    each with the validation figures its training run reported (the `.json` beside its `.pt`:
+    accuracy, UAR, macro-F1 per validation split, one crop), or why there is no teacher."""
+    if not teacher:
+        return "none: trained from labels alone (no teacher checkpoint was available)"
+    return {"checkpoint": teacher, "validation": {path: validation_figures(Path(path).with_suffix(".json"))
+                                                  for path in teacher.split(",")}}
+
+
+def validation_figures(report_json: Path) -> dict | str:
+    if not report_json.is_file():
+        return f"not recorded: {report_json} is absent"
+    reports = json.loads(report_json.read_text()).get("reports", {})
+    return {split: {k: r[k] for k in ("accuracy", "uar", "macro_f1")}
+            for split, r in reports.items() if split.startswith("val")}
 
 
 def _git_sha() -> str:

@@ -35,6 +35,11 @@ def test_synthetic_chain_end_to_end(tmp_path):
         assert metrics["uar"] == test["uar"] == pytest.approx(recall.mean())
         assert "synthetic" in bundle.manifest["provenance"]["trained_on"]
         assert load_bundle(out / "quantized-x86" / modality).manifest["quantization"]["reduce_range"]
+    teacher_val = json.loads((out / "face-teacher" / "face.json").read_text())["reports"]["val"]
+    provenance = load_bundle(out / "models" / "face").manifest["provenance"]["teacher"]
+    assert provenance["checkpoint"] == str(teacher)
+    assert provenance["validation"][str(teacher)]["val"]["uar"] == teacher_val["uar"]
+    assert load_bundle(out / "models" / "audio").manifest["provenance"]["teacher"].startswith("none")
     run = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--video", str(DEMO_VIDEO), "--duration", "2",
                           "--audio-model", str(out / "models" / "audio"), "--face-model", str(out / "models" / "face")],
                          capture_output=True, text=True, timeout=120)
