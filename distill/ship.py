@@ -66,7 +66,8 @@ def provenance(modality: str, result: dict, root: Path) -> dict:
 def teacher_provenance(teacher: str | None) -> str | dict:
     """The teacher checkpoint(s) a student was distilled from (comma-separated for an ensemble),
     each with the validation figures its training run reported (the `.json` beside its `.pt`:
-    accuracy, UAR, macro-F1 per validation split, one crop), or why there is no teacher."""
+    accuracy, UAR, macro-F1 per validation split, scored as training scores them, a face as one
+    crop), or why there is no teacher."""
     if not teacher:
         return "none: trained from labels alone (no teacher checkpoint was available)"
     return {"checkpoint": teacher, "validation": {path: validation_figures(Path(path).with_suffix(".json"))
