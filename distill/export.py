@@ -139,21 +139,39 @@ def write_bundle(folder: str | Path, *, name: str, modality: str, labels: Sequen
 
 def agreement(bundle_path: str | Path, inputs: list[np.ndarray], labels: np.ndarray | None) -> dict:
     """Argmax agreement of float ORT, int8 ORT and the numpy interpreter over `inputs`,
-    and float/int8 accuracy when `labels` (class indices) are given."""
+    and float/int8 accuracy when `labels` (class indices) are given. A mirror-averaging face
+    bundle also gets `int8_vs_float_argmax_as_runtime`: float vs int8 on the answer the runtime
+    gives (the mean softmax of the crop and its mirror image, edge.pipeline.Model)."""
     bundle = load_bundle(bundle_path)
     feeds = [as_feed(bundle.input_name, x) for x in inputs]
     float_ort = OrtSession(bundle.payload("onnx"), bundle.outputs)
     int8_ort = OrtSession(bundle.payload("int8.onnx"), bundle.outputs)
     interp = NumpyInterpreter(bundle.payload("npz"))
     logits_name = bundle.outputs["logits"]
-    pred_f = np.array([np.argmax(float_ort.run(f)["logits"]) for f in feeds])
-    pred_q = np.array([np.argmax(int8_ort.run(f)["logits"]) for f in feeds])
+    logits_f = [float_ort.run(f)["logits"].reshape(-1) for f in feeds]
+    logits_q = [int8_ort.run(f)["logits"].reshape(-1) for f in feeds]
+    pred_f, pred_q = np.argmax(logits_f, axis=1), np.argmax(logits_q, axis=1)
     pred_n = np.array([np.argmax(interp.run(f)[logits_name]) for f in feeds])
     result = {"int8_vs_float_argmax": float(np.mean(pred_q == pred_f)),
               "numpy_vs_onnxruntime_argmax": float(np.mean(pred_n == pred_q)),
               "float_accuracy": None, "int8_accuracy": None, "accuracy_delta": None, "n": len(feeds)}
+    if bundle.mirror_average:
+        result["int8_vs_float_argmax_as_runtime"] = float(np.mean(
+            _mirror_answers(float_ort, feeds, logits_f) == _mirror_answers(int8_ort, feeds, logits_q)))
     if labels is not None:
         labels = np.asarray(labels)
         acc_f, acc_q = float(np.mean(pred_f == labels)), float(np.mean(pred_q == labels))
         result.update(float_accuracy=acc_f, int8_accuracy=acc_q, accuracy_delta=acc_q - acc_f)
     return result
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _mirror_answers(session: OrtSession, feeds: list[dict[str, np.ndarray]], logits: list[np.ndarray]) -> np.ndarray:
+    """Argmax of the mean softmax of each crop (its `logits`) and its mirror image."""
+    mirrored = [session.run({k: np.ascontiguousarray(v[..., ::-1]) for k, v in f.items()})["logits"].reshape(-1)
+                for f in feeds]
+    return np.argmax(_softmax(np.asarray(logits)) + _softmax(np.asarray(mirrored)), axis=1)

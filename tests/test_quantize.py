@@ -131,3 +131,22 @@ def test_face_bundle_runs_on_every_backend_with_one_top_label(tmp_path):
     tops = {name: int(np.argmax(open_session(bundle, name).run({"face": calib[0]})["logits"]))
             for name in installed_backends()}
     assert len(tops) >= 3 and len(set(tops.values())) == 1, tops
+
+
+def test_mirror_averaging_face_bundle_records_agreement_as_the_runtime_answers(tmp_path):
+    torch.manual_seed(2)
+    model = fold_batchnorm(FaceStudent(n_labels=3, blocks=((1, 8, 1, 1), (2, 16, 2, 2)), stem=8, head=32))
+    path = export_onnx(model, torch.zeros(1, 1, 48, 48), tmp_path / "f.onnx", "face")
+    rng = np.random.default_rng(0)
+    half = rng.standard_normal((16, 1, 1, 48, 24)).astype(np.float32)
+    symmetric = [np.concatenate([h, h[..., ::-1]], axis=-1) for h in half]  # a crop equal to its mirror
+    manifest = _manifest("face")
+    manifest["input"]["mirror_average"] = True
+    folder = make_bundle(path, tmp_path / "face", load_scheme("rpi4"), symmetric, manifest,
+                         check=(symmetric, None))
+    agreement = json.loads((folder / "manifest.json").read_text())["agreement"]
+    # on crops equal to their mirror image the runtime's mean answer is the single-crop answer
+    assert agreement["int8_vs_float_argmax_as_runtime"] == agreement["int8_vs_float_argmax"]
+    plain = make_bundle(path, tmp_path / "plain", load_scheme("rpi4"), symmetric, _manifest("face"),
+                        check=(symmetric, None))
+    assert "int8_vs_float_argmax_as_runtime" not in json.loads((plain / "manifest.json").read_text())["agreement"]
