@@ -13,9 +13,12 @@ with its FER+ votes):
    Soft-HGR against the label embedding) -> OUT/face-teacher;
 3. the students train (distill/students.py) with the fixed splits of distill/corpora.py: the
    audio student from labels on all 20 actors (+ EmoDB), the face student distilled from the
-   face teacher (KD + regression onto its common-space embedding) -> OUT/students;
-4. export (distill/ship.py) and quantization (distill/quantize.py) for --target
-   -> OUT/models/{audio,face}, OUT/quantized-<target>/.
+   face teacher (students.FACE_STUDENT_ARGS: KD + regression onto its common-space embedding,
+   FER+ votes, 120 epochs) -> OUT/students, then fine-tuned with quantization-aware training
+   (students.FACE_QAT_ARGS) -> OUT/face-qat;
+4. export (distill/ship.py: the audio student and the fine-tuned face student) and
+   quantization (distill/quantize.py) for --target -> OUT/models/{audio,face},
+   OUT/quantized-<target>/.
 The audio-visual teacher (`python -m distill.train teacher`, docs/teacher.md) is not a stage:
 on the real corpora its branches were weaker than the students (audio branch UAR 0.293 on
 unseen actors), so its soft targets pulled them down. Every stage resumes when the command is
@@ -65,8 +68,11 @@ def run(out: Path, data: Path | None, epochs: int | None, target: str, threads: 
     base = ["--data", str(root), "--threads", str(threads), "--device", device]
     face_teacher = student_stage(out / "face-teacher", "face", [*base, *students.FACE_TEACHER_ARGS, *epoch_args])
     student_stage(out / "students", "audio", [*base, "--no-kd", *corpus_args, *epoch_args])
-    student_stage(out / "students", "face", [*base, "--teacher", str(face_teacher), *epoch_args])
-    ship.export_all(out / "students", root, out / "models", target, crossval_dir)
+    teacher_args = [*base, "--teacher", str(face_teacher)]
+    face = student_stage(out / "students", "face", [*teacher_args, *students.FACE_STUDENT_ARGS, *epoch_args])
+    student_stage(out / "face-qat", "face", [*teacher_args, "--init", str(face), *students.FACE_QAT_ARGS, *epoch_args])
+    ship.export_modality("audio", out / "students", root, out / "models", target, crossval_dir)
+    ship.export_modality("face", out / "face-qat", root, out / "models", target)
     quantize.main(["--target", target, "--models", str(out / "models"), "--out", str(out / f"quantized-{target}"),
                    "--data", str(root)])
     return out / "models"

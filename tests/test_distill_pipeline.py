@@ -22,6 +22,9 @@ def test_synthetic_chain_end_to_end(tmp_path):
     teacher = out / "face-teacher" / "face.pt"
     assert json.loads((out / "face-teacher" / "face.json").read_text())["arch"] == {"width": 1.5, "hgr": True}
     assert json.loads((out / "students" / "face.json").read_text())["teacher"] == str(teacher)
+    qat = json.loads((out / "face-qat" / "face.json").read_text())  # what ships: the student fine-tuned with QAT
+    assert qat["teacher"] == str(teacher) and qat["init"] == str(out / "students" / "face.pt")
+    assert qat["config"]["qat"] == 1.0
     assert json.loads((out / "students" / "audio.json").read_text())["teacher"] is None
     for modality in ("audio", "face"):
         bundle = load_bundle(out / "models" / modality)
