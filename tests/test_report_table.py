@@ -28,3 +28,15 @@ def test_a_file_without_reports_is_one_line_and_exit_2(tmp_path):
     bad.write_text("[]")
     run = subprocess.run([sys.executable, str(TOOL), str(bad)], capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "notes.json" in run.stderr
+
+
+def test_files_with_different_splits_share_one_header_with_empty_cells(tmp_path):
+    face, audio = tmp_path / "teacher.json", tmp_path / "cv.json"
+    face.write_text(json.dumps({"reports": {"val": report(0.6, 0.3), "test": report(0.7, 0.4)}}))
+    audio.write_text(json.dumps({"reports": {"test": report(0.5, 0.2), "emodb": report(0.4, 0.1)}}))
+    out = subprocess.run([sys.executable, str(TOOL), str(face), str(audio)], capture_output=True, text=True,
+                         check=True).stdout
+    header, rule, face_row, audio_row = out.splitlines()
+    assert header.startswith("| model | val | test | emodb |") and rule == "|" + "---|" * 6
+    assert face_row == "| teacher | 0.6000 / 0.5999 | 0.7000 / 0.5999 |  | 0.1000, 0.1000, - | 0.4000, 0.5000 |"
+    assert audio_row == "| cv |  | 0.5000 / 0.5999 | 0.4000 / 0.5999 | -, 0.1000, 0.1000 | 0.2000, 0.5000 |"
