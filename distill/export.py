@@ -26,6 +26,7 @@ from distill.to_npz import onnx_to_npz
 from edge.backends.numpy_int8 import NumpyInterpreter
 from edge.backends.onnxruntime import OrtSession
 from edge.bundle import PAYLOADS, load_bundle, write_manifest
+from edge.views import FaceViews, views_of
 
 _LOGGER = logging.getLogger(__name__)
 OPSET = 17
@@ -139,9 +140,9 @@ def write_bundle(folder: str | Path, *, name: str, modality: str, labels: Sequen
 
 def agreement(bundle_path: str | Path, inputs: list[np.ndarray], labels: np.ndarray | None) -> dict:
     """Argmax agreement of float ORT, int8 ORT and the numpy interpreter over `inputs`,
-    and float/int8 accuracy when `labels` (class indices) are given. A mirror-averaging face
-    bundle also gets `int8_vs_float_argmax_as_runtime`: float vs int8 on the answer the runtime
-    gives (the mean softmax of the crop and its mirror image, edge.pipeline.Model)."""
+    and float/int8 accuracy when `labels` (class indices) are given. A face bundle with
+    test-time views also gets `int8_vs_float_argmax_as_runtime`: float vs int8 on the answer the
+    runtime gives (the mean softmax over the views, edge/views.py)."""
     bundle = load_bundle(bundle_path)
     feeds = [as_feed(bundle.input_name, x) for x in inputs]
     float_ort = OrtSession(bundle.payload("onnx"), bundle.outputs)
@@ -155,9 +156,10 @@ def agreement(bundle_path: str | Path, inputs: list[np.ndarray], labels: np.ndar
     result = {"int8_vs_float_argmax": float(np.mean(pred_q == pred_f)),
               "numpy_vs_onnxruntime_argmax": float(np.mean(pred_n == pred_q)),
               "float_accuracy": None, "int8_accuracy": None, "accuracy_delta": None, "n": len(feeds)}
-    if bundle.mirror_average:
+    views = views_of(bundle)
+    if views is not None:
         result["int8_vs_float_argmax_as_runtime"] = float(np.mean(
-            _mirror_answers(float_ort, feeds, logits_f) == _mirror_answers(int8_ort, feeds, logits_q)))
+            _runtime_answers(float_ort, feeds, views) == _runtime_answers(int8_ort, feeds, views)))
     if labels is not None:
         labels = np.asarray(labels)
         acc_f, acc_q = float(np.mean(pred_f == labels)), float(np.mean(pred_q == labels))
@@ -165,13 +167,12 @@ def agreement(bundle_path: str | Path, inputs: list[np.ndarray], labels: np.ndar
     return result
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _mirror_answers(session: OrtSession, feeds: list[dict[str, np.ndarray]], logits: list[np.ndarray]) -> np.ndarray:
-    """Argmax of the mean softmax of each crop (its `logits`) and its mirror image."""
-    mirrored = [session.run({k: np.ascontiguousarray(v[..., ::-1]) for k, v in f.items()})["logits"].reshape(-1)
-                for f in feeds]
-    return np.argmax(_softmax(np.asarray(logits)) + _softmax(np.asarray(mirrored)), axis=1)
+def _runtime_answers(session: OrtSession, feeds: list[dict[str, np.ndarray]], views: FaceViews) -> np.ndarray:
+    """Argmax of each crop's mean softmax over its test-time `views`, as edge.pipeline.Model answers."""
+    answers = []
+    for feed in feeds:
+        (name, x), = feed.items()
+        logits = np.stack([session.run({name: v})["logits"].reshape(-1) for v in views(x)])
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        answers.append(np.argmax((probs / probs.sum(axis=1, keepdims=True)).mean(axis=0)))
+    return np.asarray(answers)

@@ -31,7 +31,7 @@ from distill.corpora import (SHARED_PROVENANCE, calibration_sample, data_root, h
 from distill.distillation import WINDOW_S, Arrays, crop_samples, predict
 from distill.export import export_onnx, with_own_stats
 from distill.measure import crossval_metrics, held_out_metrics, set_metrics
-from distill.models.students import EMBEDDING_DIM, fold_batchnorm
+from distill.models.students import EMBEDDING_DIM, FACE_ZOOM_VIEWS, fold_batchnorm
 from distill.quantize import load_scheme, make_bundle
 from distill.students import load_student
 from edge.metrics import classification_report
@@ -48,7 +48,7 @@ def input_spec(modality: str, speaker_norm: bool = False) -> dict:
                 "window_s": WINDOW_S}
         return {**spec, "speaker_stats": STATS_INPUT} if speaker_norm else spec
     return {"name": "face", "shape": [1, 1, FACE.size, FACE.size], "dtype": "float32", "face": FACE.to_dict(),
-            "mirror_average": True, "alignment": ALIGNMENT.to_dict()}
+            "mirror_average": True, "zoom_views": list(FACE_ZOOM_VIEWS), "alignment": ALIGNMENT.to_dict()}
 
 
 def provenance(modality: str, result: dict, root: Path) -> dict:

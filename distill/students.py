@@ -24,7 +24,7 @@ import torch
 
 from distill.corpora import concat, crowd_majority, data_root, emodb_from_probs, load_splits, without_non_faces
 from distill.distillation import Arrays, FitConfig, evaluate, fit, predict, predict_with_embedding
-from distill.models.students import AudioStudent, Ensemble, FaceStudent, count_params
+from distill.models.students import FACE_ZOOM_VIEWS, AudioStudent, Ensemble, FaceStudent, count_params
 from edge.errors import AvemoError
 
 _LOGGER = logging.getLogger(__name__)
@@ -87,14 +87,15 @@ def students_of(paths: str, saved: list[dict], modality: str, labels: list[str])
 
 
 def score_ensemble(modality: str, root: Path, out: Path, paths: str) -> dict:
-    """Score the `Ensemble` of the students at `paths` (comma-separated; faces with flip
-    test-time augmentation, as the runtime's mirror averaging) on the held-out splits, as
+    """Score the `Ensemble` of the students at `paths` (comma-separated; faces over the views a
+    shipped face bundle asks for: mirror and `FACE_ZOOM_VIEWS`) on the held-out splits, as
     `train` reports a student; writes `<modality>.json` in `out`. One path scores one student
     the way the device answers it; several, an ensemble teacher."""
     out.mkdir(parents=True, exist_ok=True)
     splits, labels = load_splits(modality, root, out.parent / "cache")
     saved = [torch.load(p, map_location="cpu", weights_only=True) for p in paths.split(",")]
-    model = Ensemble(students_of(paths, saved, modality, labels), mirror=modality == "face")
+    face = modality == "face"
+    model = Ensemble(students_of(paths, saved, modality, labels), mirror=face, zooms=FACE_ZOOM_VIEWS if face else ())
     result = {"modality": modality, "labels": labels, "ensemble": paths.split(","), "params": count_params(model),
               "reports": held_out_reports(model, splits, labels)}
     (out / f"{modality}.json").write_text(json.dumps(result, indent=1))

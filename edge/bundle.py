@@ -56,6 +56,9 @@ class Bundle:
     window_s: float | None
     mirror_average: bool = False
     """Face only: average the answers for the crop and its mirror image (input.mirror_average)."""
+    zoom_views: tuple[float, ...] = ()
+    """Face only: also answer for the crop's centre enlarged by each factor (input.zoom_views,
+    edge/views.py), averaged with the other views."""
     level_eyes: bool = False
     """Face only: turn the crop so the detector's eye landmarks are level (input.alignment.level_eyes)."""
     detector: dict | None = None
@@ -195,6 +198,11 @@ def _check_input(modality: str, spec: dict, bad) -> None:
             raise bad(f"a face bundle needs input.shape [1, 1, {face.size}, {face.size}], got {shape}")
         if not isinstance(spec.get("mirror_average", False), bool):
             raise bad(f"input.mirror_average must be true or false, got {spec['mirror_average']!r}")
+        zooms = spec.get("zoom_views", [])
+        if not isinstance(zooms, list) or not all(
+                isinstance(z, (int, float)) and not isinstance(z, bool) and 1 < z <= 2 for z in zooms):
+            raise bad(f"input.zoom_views must be a list of zoom factors above 1 and at most 2 (e.g. [1.1]), "
+                      f"got {zooms!r}")
         alignment = spec.get("alignment", {"level_eyes": False})
         if not isinstance(alignment, dict) or not isinstance(alignment.get("level_eyes"), bool):
             raise bad(f"input.alignment must be an object with level_eyes true or false, got {alignment!r}")
@@ -257,6 +265,7 @@ def _build(folder: Path, m: dict) -> Bundle:
         face=FaceInput.from_dict(spec["face"]) if "face" in spec else None,
         window_s=float(spec["window_s"]) if "window_s" in spec else None,
         mirror_average=m["modality"] == "face" and spec.get("mirror_average", False),
+        zoom_views=tuple(float(z) for z in spec.get("zoom_views", ())) if m["modality"] == "face" else (),
         level_eyes=m["modality"] == "face" and spec.get("alignment", {}).get("level_eyes", False),
         detector=dict(spec["detector"]) if m["modality"] == "detector" else None,
         stats_input=spec.get("speaker_stats") if m["modality"] == "audio" else None,

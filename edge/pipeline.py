@@ -25,6 +25,7 @@ from edge.profiles import Profile
 from edge.ring import AudioRing, FrameRing
 from edge.settings import AUDIO
 from edge.speaker import Adaptation
+from edge.views import views_of
 
 MIN_AUDIO_S = 0.5
 """Shortest window the audio student is run on (at the start of a stream)."""
@@ -71,9 +72,10 @@ def _probs_dict(labels: tuple[str, ...], probs: np.ndarray) -> dict[str, float]:
 class Model:
     """A bundle, its backend session and preallocated softmax outputs.
 
-    A face bundle with `mirror_average` answers the mean of the softmax for the crop and for
-    its mirror image (and the mean embedding): faces are left-right symmetric in what they
-    express, and the average lifted held-out accuracy (docs/students.md)."""
+    A face bundle answers the mean of the softmax (and of the embedding) over the test-time
+    views it asks for (edge/views.py): with `mirror_average` the crop and its mirror image,
+    with `zoom_views` also the crop's centre enlarged, and their mirror images. Each view is
+    one model call; the views lifted held-out accuracy (docs/students.md)."""
 
     def __init__(self, bundle: Bundle, backend: str, backend_order: tuple[str, ...], threads: int) -> None:
         self.bundle = bundle
@@ -81,8 +83,8 @@ class Model:
         self.labels = bundle.labels
         self.probs = np.zeros(len(bundle.labels), np.float32)
         self.embedding: np.ndarray | None = None
-        self._mirror = np.zeros(bundle.input_shape, np.float32) if bundle.mirror_average else None
-        self._mirror_probs = np.zeros_like(self.probs)
+        self._views = views_of(bundle)
+        self._view_probs = np.zeros_like(self.probs)
         self._mean_embedding = np.zeros(bundle.embedding_dim, np.float32)
         self._feeds: dict[str, np.ndarray | None] = {bundle.input_name: None}
 
@@ -90,23 +92,27 @@ class Model:
         """Probabilities for input `x` (and, for a bundle with a statistics input, `stats`)."""
         if stats is not None:
             self._feeds[self.bundle.stats_input] = stats
-        self.embedding = self._run(x, self.probs)
-        if self._mirror is not None:
-            self._add_mirror(x)
+        if self._views is None:
+            self.embedding = self._run(x, self.probs)
+        else:
+            self._answer_views(x)
         return self.probs
 
-    def _add_mirror(self, x: np.ndarray) -> None:
-        """Average the answer for `x` (already in probs/embedding) with its mirror image's."""
-        if self.embedding is not None:
-            np.copyto(self._mean_embedding, self.embedding)
-        np.copyto(self._mirror, x[..., ::-1])
-        mirrored = self._run(self._mirror, self._mirror_probs)
-        self.probs += self._mirror_probs
-        self.probs *= 0.5
-        if self.embedding is not None and mirrored is not None:
-            self._mean_embedding += mirrored
-            self._mean_embedding *= 0.5
-            self.embedding = self._mean_embedding
+    def _answer_views(self, x: np.ndarray) -> None:
+        """The mean answer (probs, embedding) over the views of crop `x`."""
+        views = self._views(x)
+        self.probs.fill(0.0)
+        self._mean_embedding.fill(0.0)
+        has_embedding = False
+        for view in views:
+            embedding = self._run(view, self._view_probs)
+            self.probs += self._view_probs
+            if embedding is not None:
+                self._mean_embedding += embedding
+                has_embedding = True
+        self.probs *= 1.0 / len(views)
+        self._mean_embedding *= 1.0 / len(views)
+        self.embedding = self._mean_embedding if has_embedding else None
 
     def _run(self, x: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
         """Softmax of the logits for `x` into `probs`; returns the embedding (or None)."""

@@ -66,7 +66,8 @@ def test_quick_run_writes_json_with_required_keys(quick_run, models):
     assert 0 < pipe["hop_ms_p50"] <= pipe["hop_ms_p99"] and pipe["rtf"] > 0 and pipe["rss_mb"] > 0
     assert {"ring", "vad", "audio", "face_detect", "crop", "face", "fusion", "total"} <= set(pipe["stages"])
     calls = report["graphs"]["face"]["calls_per_hop"]
-    assert calls == (2 if load_bundle(models / "face").mirror_average else 1)  # crop (+ its mirror)
+    face = load_bundle(models / "face")
+    assert calls == (1 + len(face.zoom_views)) * (2 if face.mirror_average else 1)  # crop, zooms (+ mirrors)
     hop_goal = next(g for g in report["goals"] if g["goal"].startswith("numpy per-hop compute"))
     face_numpy = report["models"]["face"]["numpy"]["p50_ms"]
     assert hop_goal["measured"] == round(report["models"]["audio"]["numpy"]["p50_ms"] + calls * face_numpy, 4)

@@ -81,14 +81,19 @@ def test_registry_knows_every_payload_kind():
     assert set(PAYLOAD_OF) == set(REGISTRY)
 
 
-def test_face_model_answers_for_the_crop_and_its_mirror():
-    """The shipped face bundle averages the crop and its mirror (its metrics are measured so)."""
+def test_face_model_answers_the_mean_over_its_views():
+    """The shipped face bundle averages the crop, its centre enlarged (input.zoom_views) and the
+    mirror image of each (its metrics are measured so)."""
     from edge.pipeline import Model
+    from edge.views import zoom_matrix
     bundle = load_bundle(MODELS_DIR / "face")
     assert bundle.mirror_average and bundle.manifest["input"]["mirror_average"] is True
     x = fixed_face()
     x[..., : FACE.size // 2] += 0.5  # make the crop asymmetric
+    zoomed = [zoom_matrix(FACE.size, z) @ x[0, 0] @ zoom_matrix(FACE.size, z).T for z in bundle.zoom_views]
+    views = [x, *(z[None, None] for z in zoomed)]
+    views += [v[..., ::-1] for v in views]
     session = open_session(bundle, "numpy")
-    probs = [np.exp(session.run({bundle.input_name: np.ascontiguousarray(v)})["logits"][0]) for v in (x, x[..., ::-1])]
+    probs = [np.exp(session.run({bundle.input_name: np.ascontiguousarray(v, np.float32)})["logits"][0]) for v in views]
     expected = np.mean([p / p.sum() for p in probs], axis=0)
     np.testing.assert_allclose(Model(bundle, "numpy", ("numpy",), 1)(x), expected, rtol=1e-5, atol=1e-6)

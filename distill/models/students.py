@@ -29,6 +29,7 @@ from torch import nn
 
 from distill.models.frontend import LogMelFrontEnd
 from edge.settings import AUDIO, AudioFrontEnd
+from edge.views import zoom_matrix
 
 EMBEDDING_DIM = 32
 AUDIO_CHANNELS = (16, 32, 48, 64, 64)
@@ -185,20 +186,35 @@ class FaceStudent(nn.Module):
         return self.head(self.pool(self.body(face)).flatten(1))
 
 
-class Ensemble(nn.Module):
-    """Members of one modality as one model: the log of their mean probabilities (and, with
-    `mirror`, of each face and its mirror image: flip test-time augmentation) as logits. The
-    embedding is the mean over the views for a single member; members' common spaces differ,
-    so several members give an empty one [B, 0]. A teacher made of students."""
+FACE_ZOOM_VIEWS = (1.1,)
+"""The zoom views a shipped face bundle asks for (input.zoom_views, edge/views.py): the crop's
+central 44 of 48 pixels enlarged, beside the crop and the mirror images of both. Chosen on the
+FER2013 validation split (docs/students.md "Zoom views")."""
 
-    def __init__(self, members: list[nn.Module], mirror: bool = False) -> None:
+
+class Ensemble(nn.Module):
+    """Members of one modality as one model: the log of their mean probabilities over the
+    test-time views (with `mirror`, each face and its mirror image; with `zooms`, also the
+    face's centre enlarged by each factor and its mirror: edge/views.py's views, made with the
+    same matrices) as logits. The embedding is the mean over the views for a single member;
+    members' common spaces differ, so several members give an empty one [B, 0]. A teacher
+    made of students."""
+
+    def __init__(self, members: list[nn.Module], mirror: bool = False, zooms: tuple[float, ...] = ()) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.mirror = mirror
+        self.zooms = zooms
         self.speaker_norm = getattr(members[0], "speaker_norm", False)
 
+    def views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[x, x zoomed by each factor, and the mirror of each when `mirror`] (faces [B, 1, S, S])."""
+        mats = [torch.from_numpy(zoom_matrix(x.shape[-1], z)).to(x) for z in self.zooms]
+        views = [x, *(m @ x @ m.T for m in mats)]
+        return views + [v.flip(-1) for v in views] if self.mirror else views
+
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        views = [inputs, (inputs[0].flip(-1), *inputs[1:])] if self.mirror else [inputs]
+        views = [(v, *inputs[1:]) for v in self.views(inputs[0])]
         outs = [m(*v) for m in self.members for v in views]
         probs = torch.stack([torch.softmax(o[0], 1) for o in outs]).mean(0)
         emb = torch.stack([o[1] for o in outs]).mean(0) if len(self.members) == 1 else probs.new_zeros(len(probs), 0)
