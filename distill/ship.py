@@ -31,7 +31,7 @@ from distill.corpora import (SHARED_PROVENANCE, calibration_sample, data_root, h
 from distill.distillation import WINDOW_S, Arrays, crop_samples, predict
 from distill.export import export_onnx, with_own_stats
 from distill.measure import crossval_metrics, held_out_metrics, set_metrics
-from distill.models.students import EMBEDDING_DIM, FACE_ZOOM_VIEWS, fold_batchnorm
+from distill.models.students import EMBEDDING_DIM, fold_batchnorm, zoom_factors
 from distill.quantize import load_scheme, make_bundle
 from distill.students import load_student
 from edge.metrics import classification_report
@@ -42,13 +42,14 @@ STATS_INPUT = "speaker_stats"
 """The second input of a speaker-normalized audio student: statistics [1, 2, n_mels] (edge/speaker.py)."""
 
 
-def input_spec(modality: str, speaker_norm: bool = False) -> dict:
+def input_spec(modality: str, speaker_norm: bool = False, zoom_views: tuple[float, ...] = ()) -> dict:
     if modality == "audio":
         spec = {"name": "waveform", "shape": [1, -1], "dtype": "float32", "frontend": AUDIO.to_dict(),
                 "window_s": WINDOW_S}
         return {**spec, "speaker_stats": STATS_INPUT} if speaker_norm else spec
-    return {"name": "face", "shape": [1, 1, FACE.size, FACE.size], "dtype": "float32", "face": FACE.to_dict(),
-            "mirror_average": True, "zoom_views": list(FACE_ZOOM_VIEWS), "alignment": ALIGNMENT.to_dict()}
+    spec = {"name": "face", "shape": [1, 1, FACE.size, FACE.size], "dtype": "float32", "face": FACE.to_dict(),
+            "mirror_average": True, "alignment": ALIGNMENT.to_dict()}
+    return {**spec, "zoom_views": list(zoom_views)} if zoom_views else spec
 
 
 def provenance(modality: str, result: dict, root: Path) -> dict:
@@ -91,9 +92,10 @@ def _git_sha() -> str:
 
 
 def export_modality(modality: str, runs: Path, root: Path, models: Path, target: str,
-                    crossval: Path | None = None) -> Path:
+                    crossval: Path | None = None, zoom_views: tuple[float, ...] = ()) -> Path:
     """Student checkpoint -> float ONNX -> int8 bundle in models/<modality> with metrics: held-out
-    figures, or for the all-speaker audio model the recipe's cross-validation in `crossval`."""
+    figures, or for the all-speaker audio model the recipe's cross-validation in `crossval`.
+    A face bundle may ask the runtime for `zoom_views` (edge/views.py); its metrics include them."""
     result = json.loads((runs / f"{modality}.json").read_text())
     labels = result["labels"]
     student = load_student(runs / f"{modality}.pt")
@@ -102,7 +104,8 @@ def export_modality(modality: str, runs: Path, root: Path, models: Path, target:
     shift = adjust_for_priors(student, val, train_label_counts(modality, root, labels), labels) if held_out \
         else {"tau": 0.0, "why": "no held-out split to choose tau on (all speakers trained on)"}
     folder = student_bundle(student, modality, labels, models / modality, target, val,
-                            {**provenance(modality, result, root), "prior_shift": shift})
+                            {**provenance(modality, result, root), "prior_shift": shift},
+                            zoom_views=zoom_views if modality == "face" else ())
     metrics = held_out_metrics(folder, modality, root, labels, result["reports"]["val"]) if held_out \
         else crossval_metrics(crossval)
     set_metrics(folder, metrics)
@@ -110,12 +113,12 @@ def export_modality(modality: str, runs: Path, root: Path, models: Path, target:
 
 
 def student_bundle(student: torch.nn.Module, modality: str, labels: list[str], folder: Path, target: str,
-                   calib: Arrays, provenance: dict, tflite: bool = True) -> Path:
+                   calib: Arrays, provenance: dict, tflite: bool = True, zoom_views: tuple[float, ...] = ()) -> Path:
     """Float ONNX of `student` -> the target's bundle in `folder`, calibrated on and agreement
     checked against `calib` (metrics left empty); `tflite` False leaves out the target's
     LiteRT payload (a bundle only scored with onnxruntime)."""
     speaker = getattr(student, "speaker_norm", False)
-    spec = input_spec(modality, speaker)
+    spec = input_spec(modality, speaker, zoom_views)
     example = torch.zeros(1, crop_samples()) if modality == "audio" else torch.zeros(1, 1, FACE.size, FACE.size)
     names = [spec["name"], STATS_INPUT] if speaker else spec["name"]
     example = (example, torch.ones(1, 2, AUDIO.n_mels)) if speaker else example
@@ -156,10 +159,11 @@ def adjust_for_priors(model: torch.nn.Module, val: Arrays, counts: np.ndarray, l
             "train_counts": counts.astype(int).tolist()}
 
 
-def export_all(runs: Path, root: Path, models: Path, target: str = "x86", crossval: Path | None = None) -> int:
+def export_all(runs: Path, root: Path, models: Path, target: str = "x86", crossval: Path | None = None,
+               zoom_views: tuple[float, ...] = ()) -> int:
     for modality in ("audio", "face"):
         if (runs / f"{modality}.pt").is_file():
-            folder = export_modality(modality, runs, root, models, target, crossval)
+            folder = export_modality(modality, runs, root, models, target, crossval, zoom_views)
             _LOGGER.info("wrote %s", folder)
     return 0
 
@@ -174,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--target", default="x86", help="firmware profile whose quantization the bundles use")
     ex.add_argument("--crossval", type=Path, default=None,
                     help="audio: the recipe's cross-validation folder (distill.crossval --score) for the manifest")
+    ex.add_argument("--zoom-views", type=zoom_factors, default=(), metavar="1.1[,1.2]",
+                    help="face: the runtime also answers for the crop's centre enlarged by these factors "
+                         "(input.zoom_views; two more model calls per factor); none by default")
     args = p.parse_args(argv)
-    return export_all(Path(args.runs), data_root(args.data), Path(args.models), args.target, args.crossval)
+    return export_all(Path(args.runs), data_root(args.data), Path(args.models), args.target, args.crossval,
+                      args.zoom_views)
 
 
 if __name__ == "__main__":

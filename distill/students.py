@@ -24,7 +24,7 @@ import torch
 
 from distill.corpora import concat, crowd_majority, data_root, emodb_from_probs, load_splits, without_non_faces
 from distill.distillation import Arrays, FitConfig, evaluate, fit, predict, predict_with_embedding
-from distill.models.students import FACE_ZOOM_VIEWS, AudioStudent, Ensemble, FaceStudent, count_params
+from distill.models.students import AudioStudent, Ensemble, FaceStudent, count_params, zoom_factors
 from edge.errors import AvemoError
 
 _LOGGER = logging.getLogger(__name__)
@@ -86,17 +86,18 @@ def students_of(paths: str, saved: list[dict], modality: str, labels: list[str])
     return [student_from(ckpt, modality) for ckpt in saved]
 
 
-def score_ensemble(modality: str, root: Path, out: Path, paths: str) -> dict:
-    """Score the `Ensemble` of the students at `paths` (comma-separated; faces over the views a
-    shipped face bundle asks for: mirror and `FACE_ZOOM_VIEWS`) on the held-out splits, as
+def score_ensemble(modality: str, root: Path, out: Path, paths: str, zooms: tuple[float, ...] = ()) -> dict:
+    """Score the `Ensemble` of the students at `paths` (comma-separated; faces mirrored too, as
+    the runtime's mirror averaging, and with `zooms` the zoom views of edge/views.py) on the held-out splits, as
     `train` reports a student; writes `<modality>.json` in `out`. One path scores one student
     the way the device answers it; several, an ensemble teacher."""
     out.mkdir(parents=True, exist_ok=True)
     splits, labels = load_splits(modality, root, out.parent / "cache")
     saved = [torch.load(p, map_location="cpu", weights_only=True) for p in paths.split(",")]
     face = modality == "face"
-    model = Ensemble(students_of(paths, saved, modality, labels), mirror=face, zooms=FACE_ZOOM_VIEWS if face else ())
-    result = {"modality": modality, "labels": labels, "ensemble": paths.split(","), "params": count_params(model),
+    model = Ensemble(students_of(paths, saved, modality, labels), mirror=face, zooms=zooms if face else ())
+    result = {"modality": modality, "labels": labels, "ensemble": paths.split(","), "zoom_views": list(model.zooms),
+              "params": count_params(model),
               "reports": held_out_reports(model, splits, labels)}
     (out / f"{modality}.json").write_text(json.dumps(result, indent=1))
     return result
@@ -211,6 +212,9 @@ def students_main(argv: list[str] | None = None) -> int:
     p.add_argument("--score", default=None, metavar="A.pt,B.pt",
                    help="train nothing: score these students' ensemble (one: a student as the device answers "
                         "faces, mirrored too) on the held-out splits into --out/<modality>.json")
+    p.add_argument("--zoom-views", type=zoom_factors, default=(), metavar="1.1[,1.2]",
+                   help="with --score: faces also answered for the crop's centre enlarged by these factors "
+                        "(and its mirror), as a bundle exported with the same --zoom-views answers")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -220,7 +224,7 @@ def students_main(argv: list[str] | None = None) -> int:
         p.error("--speaker-norm is for the audio student: use it with --modality audio")
     for modality in ("audio", "face") if args.modality == "both" else (args.modality,):
         if args.score:
-            result = score_ensemble(modality, data_root(args.data), Path(args.out), args.score)
+            result = score_ensemble(modality, data_root(args.data), Path(args.out), args.score, args.zoom_views)
             _LOGGER.info("%s ensemble %s", modality, {k: round(v["uar"], 4) for k, v in result["reports"].items()})
             continue
         arch = model_arch(args.width, args.hgr, args.speaker_norm)

@@ -150,3 +150,23 @@ def test_mirror_averaging_face_bundle_records_agreement_as_the_runtime_answers(t
     plain = make_bundle(path, tmp_path / "plain", load_scheme("rpi4"), symmetric, _manifest("face"),
                         check=(symmetric, None))
     assert "int8_vs_float_argmax_as_runtime" not in json.loads((plain / "manifest.json").read_text())["agreement"]
+
+
+def test_zoom_views_bundle_is_answered_over_its_views_by_the_runtime(tmp_path):
+    from edge.pipeline import Model
+    from edge.views import FaceViews
+    torch.manual_seed(3)
+    model = fold_batchnorm(FaceStudent(n_labels=3, blocks=((1, 8, 1, 1), (2, 16, 2, 2)), stem=8, head=32))
+    path = export_onnx(model, torch.zeros(1, 1, 48, 48), tmp_path / "f.onnx", "face")
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((1, 1, 48, 48)).astype(np.float32) for _ in range(16)]
+    manifest = _manifest("face")
+    manifest["input"].update(mirror_average=True, zoom_views=[1.1])
+    folder = make_bundle(path, tmp_path / "face", load_scheme("rpi4"), calib, manifest, check=(calib, None))
+    bundle = load_bundle(folder)
+    assert bundle.zoom_views == (1.1,)
+    assert "int8_vs_float_argmax_as_runtime" in json.loads((folder / "manifest.json").read_text())["agreement"]
+    session = open_session(bundle, "numpy")
+    probs = [np.exp(session.run({"face": np.array(v)})["logits"][0]) for v in FaceViews(48, True, (1.1,))(calib[0])]
+    expected = np.mean([p / p.sum() for p in probs], axis=0)
+    np.testing.assert_allclose(Model(bundle, "numpy", ("numpy",), 1)(calib[0]), expected, rtol=1e-5, atol=1e-6)

@@ -39,3 +39,25 @@ def test_views_are_crop_zooms_and_mirrors_in_fixed_buffers():
     second = views(y)
     assert [id(v) for v in second] == ids  # no allocation per call
     np.testing.assert_array_equal(second[2], y[..., ::-1])
+
+
+def test_training_side_views_are_the_runtimes():
+    torch = pytest.importorskip("torch")
+    from distill.models.students import Ensemble
+    x = np.random.default_rng(1).standard_normal((1, 1, 48, 48)).astype(np.float32)
+    ours = Ensemble([torch.nn.Identity()], mirror=True, zooms=(1.1,)).views(torch.from_numpy(x))
+    for runtime, training in zip(FaceViews(48, mirror=True, zooms=(1.1,))(x), ours, strict=True):
+        np.testing.assert_allclose(runtime, training.numpy(), atol=1e-5)
+
+
+def test_zoom_views_option_is_checked_and_written_into_the_face_spec():
+    pytest.importorskip("torch")
+    import argparse
+    from distill.models.students import zoom_factors
+    from distill.ship import input_spec
+    assert zoom_factors("1.05,1.1") == (1.05, 1.1) and zoom_factors("") == ()
+    for bad in ("0.9", "1", "x", "3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="above 1 and at most 2"):
+            zoom_factors(bad)
+    assert input_spec("face", zoom_views=(1.1,))["zoom_views"] == [1.1]
+    assert "zoom_views" not in input_spec("face")

@@ -22,6 +22,7 @@ and one ReduceMax over time before the head): integer end to end.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 
 import torch
@@ -186,10 +187,16 @@ class FaceStudent(nn.Module):
         return self.head(self.pool(self.body(face)).flatten(1))
 
 
-FACE_ZOOM_VIEWS = (1.1,)
-"""The zoom views a shipped face bundle asks for (input.zoom_views, edge/views.py): the crop's
-central 44 of 48 pixels enlarged, beside the crop and the mirror images of both. Chosen on the
-FER2013 validation split (docs/students.md "Zoom views")."""
+def zoom_factors(text: str) -> tuple[float, ...]:
+    """`--zoom-views` "1.1" or "1.05,1.1": face zoom views (edge/views.py), each above 1 and at
+    most 2; the empty string for none."""
+    try:
+        zooms = tuple(float(z) for z in text.split(",") if z.strip())
+    except ValueError:
+        zooms = (0.0,)
+    if not all(1 < z <= 2 for z in zooms):
+        raise argparse.ArgumentTypeError(f"{text!r}: give zoom factors above 1 and at most 2, e.g. 1.1 or 1.05,1.1")
+    return zooms
 
 
 class Ensemble(nn.Module):
