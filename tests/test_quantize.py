@@ -119,12 +119,17 @@ def test_nano_is_fp16_with_float32_io(tiny_audio, tmp_path):
     assert out["logits"].shape == (1, 3) and out["logits"].dtype == np.float32
 
 
-def test_face_bundle_runs_on_every_backend_with_one_top_label(tmp_path):
-    torch.manual_seed(1)
+def _tiny_face_onnx(tmp_path, seed: int):
+    """A tiny face student exported to float ONNX, and 16 random crops to calibrate it on."""
+    torch.manual_seed(seed)
     model = fold_batchnorm(FaceStudent(n_labels=3, blocks=((1, 8, 1, 1), (2, 16, 2, 2)), stem=8, head=32))
     path = export_onnx(model, torch.zeros(1, 1, 48, 48), tmp_path / "f.onnx", "face")
     rng = np.random.default_rng(0)
-    calib = [rng.standard_normal((1, 1, 48, 48)).astype(np.float32) for _ in range(16)]
+    return path, [rng.standard_normal((1, 1, 48, 48)).astype(np.float32) for _ in range(16)]
+
+
+def test_face_bundle_runs_on_every_backend_with_one_top_label(tmp_path):
+    path, calib = _tiny_face_onnx(tmp_path, 1)
     folder = make_bundle(path, tmp_path / "face", load_scheme("rpi4"), calib, _manifest("face"),
                          check=(calib, None))
     bundle = load_bundle(folder)
@@ -134,12 +139,8 @@ def test_face_bundle_runs_on_every_backend_with_one_top_label(tmp_path):
 
 
 def test_mirror_averaging_face_bundle_records_agreement_as_the_runtime_answers(tmp_path):
-    torch.manual_seed(2)
-    model = fold_batchnorm(FaceStudent(n_labels=3, blocks=((1, 8, 1, 1), (2, 16, 2, 2)), stem=8, head=32))
-    path = export_onnx(model, torch.zeros(1, 1, 48, 48), tmp_path / "f.onnx", "face")
-    rng = np.random.default_rng(0)
-    half = rng.standard_normal((16, 1, 1, 48, 24)).astype(np.float32)
-    symmetric = [np.concatenate([h, h[..., ::-1]], axis=-1) for h in half]  # a crop equal to its mirror
+    path, calib = _tiny_face_onnx(tmp_path, 2)
+    symmetric = [np.concatenate([c[..., :24], c[..., :24][..., ::-1]], axis=-1) for c in calib]  # crop == its mirror
     manifest = _manifest("face")
     manifest["input"]["mirror_average"] = True
     folder = make_bundle(path, tmp_path / "face", load_scheme("rpi4"), symmetric, manifest,
@@ -155,11 +156,7 @@ def test_mirror_averaging_face_bundle_records_agreement_as_the_runtime_answers(t
 def test_zoom_views_bundle_is_answered_over_its_views_by_the_runtime(tmp_path):
     from edge.pipeline import Model
     from edge.views import FaceViews
-    torch.manual_seed(3)
-    model = fold_batchnorm(FaceStudent(n_labels=3, blocks=((1, 8, 1, 1), (2, 16, 2, 2)), stem=8, head=32))
-    path = export_onnx(model, torch.zeros(1, 1, 48, 48), tmp_path / "f.onnx", "face")
-    rng = np.random.default_rng(0)
-    calib = [rng.standard_normal((1, 1, 48, 48)).astype(np.float32) for _ in range(16)]
+    path, calib = _tiny_face_onnx(tmp_path, 3)
     manifest = _manifest("face")
     manifest["input"].update(mirror_average=True, zoom_views=[1.1])
     folder = make_bundle(path, tmp_path / "face", load_scheme("rpi4"), calib, manifest, check=(calib, None))
