@@ -75,7 +75,8 @@ class Model:
     A face bundle answers the mean of the softmax (and of the embedding) over the test-time
     views it asks for (edge/views.py): with `mirror_average` the crop and its mirror image,
     with `zoom_views` also the crop's centre enlarged, and their mirror images. Each view is
-    one model call; the views lifted held-out accuracy (docs/students.md)."""
+    one model call. Mirror averaging lifted held-out accuracy and ships; zoom views are an
+    export option (docs/students.md "Zoom views")."""
 
     def __init__(self, bundle: Bundle, backend: str, backend_order: tuple[str, ...], threads: int) -> None:
         self.bundle = bundle
