@@ -19,6 +19,7 @@ from typing import Any
 
 from edge.errors import BundleError
 from edge.settings import AudioFrontEnd, FaceInput
+from edge.views import is_zoom_factor
 
 FORMAT = "avemo-bundle/1"
 MANIFEST = "manifest.json"
@@ -199,8 +200,7 @@ def _check_input(modality: str, spec: dict, bad) -> None:
         if not isinstance(spec.get("mirror_average", False), bool):
             raise bad(f"input.mirror_average must be true or false, got {spec['mirror_average']!r}")
         zooms = spec.get("zoom_views", [])
-        if not isinstance(zooms, list) or not all(
-                isinstance(z, (int, float)) and not isinstance(z, bool) and 1 < z <= 2 for z in zooms):
+        if not isinstance(zooms, list) or not all(is_zoom_factor(z) for z in zooms):
             raise bad(f"input.zoom_views must be a list of zoom factors above 1 and at most 2 (e.g. [1.1]), "
                       f"got {zooms!r}")
         alignment = spec.get("alignment", {"level_eyes": False})

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from edge.bundle import Bundle
 
 
+def is_zoom_factor(z: object) -> bool:
+    """A zoom view's factor: a number above 1 (a tighter crop) and at most 2."""
+    return isinstance(z, (int, float)) and not isinstance(z, bool) and 1 < z <= 2
+
+
 def zoom_matrix(size: int, factor: float) -> np.ndarray:
     """[size, size] bilinear resampling that enlarges the central round(size / factor) pixels
     of a side to `size` (half-pixel centres, edge pixels repeated; torch's interpolate with
@@ -43,7 +48,8 @@ class FaceViews:
     """The views of one crop, in preallocated buffers: [crop, zooms..., mirror of each]."""
 
     def __init__(self, size: int, mirror: bool, zooms: tuple[float, ...] = ()) -> None:
-        self._zooms = [(zoom_matrix(size, z), zoom_matrix(size, z).T.copy()) for z in zooms]
+        matrices = [zoom_matrix(size, z) for z in zooms]
+        self._zooms = [(m, m.T.copy()) for m in matrices]
         self._tmp = np.zeros((size, size), np.float32)
         count = (1 + len(zooms)) * (2 if mirror else 1)
         self._views: list[np.ndarray] = [np.zeros((1, 1, size, size), np.float32) for _ in range(count)]

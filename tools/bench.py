@@ -41,12 +41,12 @@ from bench_peers import PEERS, missing  # noqa: E402
 
 from edge.backends import has_payload_for, installed_backends, open_session  # noqa: E402
 from edge.backends.onnxruntime import OrtSession  # noqa: E402
-from edge.views import views_of  # noqa: E402
 from edge.bundle import PAYLOADS, Bundle, load_bundle  # noqa: E402
 from edge.errors import AvemoError  # noqa: E402
 from edge.face import FaceDetector, make_detector  # noqa: E402
 from edge.pipeline import Pipeline  # noqa: E402
 from edge.settings import AUDIO  # noqa: E402
+from edge.views import views_of  # noqa: E402
 
 CHILD = Path(__file__).resolve().parent / "bench_child.py"
 MODEL_NAMES = ("audio", "face")

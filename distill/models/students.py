@@ -30,7 +30,7 @@ from torch import nn
 
 from distill.models.frontend import LogMelFrontEnd
 from edge.settings import AUDIO, AudioFrontEnd
-from edge.views import zoom_matrix
+from edge.views import is_zoom_factor, zoom_matrix
 
 EMBEDDING_DIM = 32
 AUDIO_CHANNELS = (16, 32, 48, 64, 64)
@@ -194,7 +194,7 @@ def zoom_factors(text: str) -> tuple[float, ...]:
         zooms = tuple(float(z) for z in text.split(",") if z.strip())
     except ValueError:
         zooms = (0.0,)
-    if not all(1 < z <= 2 for z in zooms):
+    if not all(is_zoom_factor(z) for z in zooms):
         raise argparse.ArgumentTypeError(f"{text!r}: give zoom factors above 1 and at most 2, e.g. 1.1 or 1.05,1.1")
     return zooms
 
